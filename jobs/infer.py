@@ -1,0 +1,8 @@
+"""Databricks Python task / local script for the infer stage: `python jobs/infer.py --dataset cr`."""
+
+import sys
+
+from dqe.cli import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("infer"))
