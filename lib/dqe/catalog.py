@@ -27,6 +27,7 @@ class Table(str, Enum):
     FLAGGED_NOISE = "flagged_noise"
     JUDGE_CACHE = "judge_cache"
     REVIEWS = "reviews"
+    CURATION = "curation"
     CURATED = "curated"
     EVALUATION = "evaluation"
     RUNS = "runs"

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from dqe.catalog import Catalog, Table
 from dqe.config import CleanConfig, DqeConfig
-from dqe.lakehouse import stage_run
+from dqe.lakehouse import stage_fingerprint, stage_run
 
 REASONS = (
     "malformed_record",
@@ -138,7 +138,7 @@ def clean(spark: SparkSession, config: DqeConfig) -> dict[str, int]:
     from dqe.near_duplicates import flag_near_duplicates
 
     catalog = Catalog.from_config(config)
-    with stage_run(spark, catalog, "clean", config.fingerprint("dataset", "clean")) as run:
+    with stage_run(spark, catalog, "clean", stage_fingerprint(config, "clean")) as run:
         bronze = run.read(spark, catalog.name(Table.BRONZE))
         classified = classify(bronze, config.clean, config.dataset.labels).localCheckpoint()
         clean_rows, quarantine_rows = split_clean(classified)

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from dqe.errors import DqeError
+from dqe.errors import SPARK_ERRORS, DqeError, describe_spark_error
 
 # stage name → "module:function"; each function takes (spark, config) and returns a JSON-able summary.
 STAGES: dict[str, str] = {
@@ -124,14 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DqeError as exc:
         print(f"dqe {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # Spark/Py4J errors: one readable line first, details after
-        from pyspark.errors import PySparkException
-
-        if isinstance(exc, PySparkException):
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            print(f"dqe {args.command}: Spark error: {first}", file=sys.stderr)
-            return 2
-        raise
+    except SPARK_ERRORS as exc:
+        print(f"dqe {args.command}: Spark error: {describe_spark_error(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from dqe.catalog import Catalog, Table
 from dqe.config import DqeConfig, EmbedConfig
-from dqe.lakehouse import last_commit, stage_run, table_exists
+from dqe.lakehouse import last_commit, stage_fingerprint, stage_run, table_exists
 from dqe.models import BUNDLED, resolve_model
 
 EMBEDDING_SCHEMA = "row_id string, vector array<float>, model string, dim int, text_hash string, truncated boolean"
@@ -102,7 +102,7 @@ def embed(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
     target = catalog.name(Table.EMBEDDINGS)
     model_name = model_identifier(cfg)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.max_records_per_batch))
-    with stage_run(spark, catalog, "embed", config.fingerprint("embed")) as run:
+    with stage_run(spark, catalog, "embed", stage_fingerprint(config, "embed")) as run:
         clean = run.read(spark, catalog.name(Table.CLEAN))
         existing = run.read(spark, target) if table_exists(spark, target) else None
         todo = rows_to_embed(clean, existing, model_name).localCheckpoint()

@@ -10,21 +10,15 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.errors import PySparkException
 
 from dqe.catalog import Catalog, Table
 from dqe.config import DqeConfig, SourceConfig
-from dqe.errors import InputError
-from dqe.lakehouse import stage_run, table_exists
+from dqe.errors import SPARK_ERRORS, InputError, describe_spark_error
+from dqe.lakehouse import stage_fingerprint, stage_run, table_exists
 
 SEP = "\u001f"
 BRONZE_COLUMNS = ["row_id", "text", "label", "source_id", "source", "parse_error", "ingested_at"]
 _LABEL_TYPES = (T.StringType, T.IntegerType, T.LongType, T.ShortType, T.ByteType, T.BooleanType)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def read_source(spark: SparkSession, config: DqeConfig, source: SourceConfig) -> DataFrame:
@@ -49,8 +43,8 @@ def read_source(spark: SparkSession, config: DqeConfig, source: SourceConfig) ->
         else:
             df = spark.read.table(path) if "/" not in path else spark.read.format("delta").load(path)
         df.schema  # forces footer/header reads so that unreadable files fail here
-    except PySparkException as exc:
-        raise InputError(f"cannot read {path} as {source.format}: {_first_line(exc)}") from None
+    except SPARK_ERRORS as exc:
+        raise InputError(f"cannot read {path} as {source.format}: {describe_spark_error(exc)}") from None
     return df.withColumn("_source", F.lit(path) if source.format == "delta" else F.input_file_name())
 
 
@@ -121,8 +115,8 @@ def load_rows(spark: SparkSession, config: DqeConfig, source: SourceConfig) -> D
     df = with_row_id(df, config.dataset.name, keyed_by_id=config.dataset.id_column is not None)
     try:
         counts = df.agg(F.count(F.lit(1)).alias("rows"), F.count("label").alias("labelled")).collect()[0]
-    except PySparkException as exc:
-        raise InputError(f"cannot read the rows of {path}: {_first_line(exc)}") from None
+    except SPARK_ERRORS as exc:
+        raise InputError(f"cannot read the rows of {path}: {describe_spark_error(exc)}") from None
     if counts["rows"] == 0:
         raise InputError(f"input {path} has no rows")
     if counts["labelled"] == 0:
@@ -137,7 +131,7 @@ def ingest(spark: SparkSession, config: DqeConfig) -> dict[str, int]:
     """Write ``bronze`` (and ``test_set``); returns row counts. ``ingested_at`` of known rows is kept on re-runs."""
     catalog = Catalog.from_config(config)
     bronze_name, test_name = catalog.name(Table.BRONZE), catalog.name(Table.TEST)
-    with stage_run(spark, catalog, "ingest", config.fingerprint("dataset")) as run:
+    with stage_run(spark, catalog, "ingest", stage_fingerprint(config, "ingest")) as run:
         rows = load_rows(spark, config, config.dataset.train)
         test_rows = None
         if config.dataset.test is not None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from dqe.catalog import Catalog, Table
+from dqe.config import DqeConfig
 
 RUNS_SCHEMA = T.StructType(
     [
@@ -26,6 +29,37 @@ RUNS_SCHEMA = T.StructType(
         T.StructField("message", T.StringType(), True),
     ]
 )
+
+
+# The configuration sections each stage's output depends on: a run is current only while they are unchanged.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("dataset",),
+    "clean": ("dataset", "clean"),
+    "embed": ("embed",),
+    "select": ("select", "embed"),
+    "train": ("train", "embed", "select"),
+    "infer": ("infer",),
+    "triage": ("triage", "select", "embed", "train"),
+    "curate": ("triage", "select"),
+    "evaluate": ("train", "evaluate", "triage", "select"),
+    "report": ("triage", "select", "evaluate"),
+}
+
+
+def stage_fingerprint(config: DqeConfig, stage: str) -> str:
+    """The fingerprint of ``stage`` (``train_sampled`` counts as ``train``) under ``config``; ingest's also covers
+    the size and modification time of its source files, so a changed input file is ingested again."""
+    base = stage.split("_")[0]
+    fingerprint = config.fingerprint(*STAGE_SECTIONS[base])
+    if base != "ingest":
+        return fingerprint
+    stats = []
+    for source in (config.dataset.train, config.dataset.test):
+        path = Path(config.source_path(source)) if source is not None else None
+        if path is not None and path.exists():
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            stats += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return hashlib.sha256(repr((fingerprint, stats)).encode()).hexdigest()[:16]
 
 
 def ensure_schema(spark: SparkSession, catalog: Catalog) -> None:
@@ -120,9 +154,9 @@ def stage_run(spark: SparkSession, catalog: Catalog, stage: str, fingerprint: st
     _append_run(spark, catalog, run, "succeeded", None)
 
 
-def is_current(spark: SparkSession, catalog: Catalog, stage: str, fingerprint: str, inputs: list[str]) -> bool:
-    """True when the last successful run of ``stage`` used this config and the current versions of its inputs,
-    and the tables it wrote are still at the versions it wrote."""
+def is_current(spark: SparkSession, catalog: Catalog, stage: str, fingerprint: str) -> bool:
+    """True when the last successful run of ``stage`` used this config and the current versions of the tables it
+    read, and the tables it wrote are still at the versions it wrote."""
     runs_name = catalog.name(Table.RUNS)
     if not table_exists(spark, runs_name):
         return False
@@ -137,8 +171,6 @@ def is_current(spark: SparkSession, catalog: Catalog, stage: str, fingerprint: s
         return False
     recorded_inputs = last[0]["inputs"] or {}
     recorded_outputs = last[0]["outputs"] or {}
-    if set(recorded_inputs) != set(inputs):
-        return False
     for name, version in {**recorded_inputs, **recorded_outputs}.items():
         if table_version(spark, name) != version:
             return False

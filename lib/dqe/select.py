@@ -32,7 +32,7 @@ from dqe.catalog import Catalog, Table
 from dqe.config import DqeConfig, SelectConfig
 from dqe.embed import model_identifier
 from dqe.errors import InputError
-from dqe.lakehouse import stage_run
+from dqe.lakehouse import stage_fingerprint, stage_run
 
 __all__ = ["greedy_select", "select", "largest_remainder", "select_frame"]
 
@@ -177,7 +177,7 @@ def select(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
     cfg = config.select
     catalog = Catalog.from_config(config)
     model_name = model_identifier(config.embed)
-    with stage_run(spark, catalog, "select", config.fingerprint("select", "embed")) as run:
+    with stage_run(spark, catalog, "select", stage_fingerprint(config, "select")) as run:
         clean = run.read(spark, catalog.name(Table.CLEAN)).select("row_id", "label", F.sha2("text", 256).alias("h"))
         vectors = run.read(spark, catalog.name(Table.EMBEDDINGS)).where(F.col("model") == model_name)
         rows = clean.join(

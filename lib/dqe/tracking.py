@@ -116,3 +116,14 @@ def list_runs(config: DqeConfig, n: int = 20) -> list[dict[str, Any]]:
             }
         )
     return summaries
+
+
+def pinned_model_uri(model_uri: str) -> str:
+    """``models:/name@alias`` → ``models:/name/<version>`` (the version the alias points at now); other URIs as
+    they are. Predictions record the pinned URI: an alias moves when a newer model is trained."""
+    from mlflow import MlflowClient
+
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return model_uri
+    name, alias = model_uri[len("models:/") :].rsplit("@", 1)
+    return f"models:/{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"

@@ -332,14 +332,26 @@ def _select_torch(matrix: np.ndarray, k: int, criterion: str, start: int, device
 
 
 # ------------------------------------------------------------------------------------------ the pruned numpy path
+#
+# Rounding. A float32 dot product of length d errs by at most (d-1)·u·|a||b| in the worst case, but rounding errors
+# behave like independent zero-mean variables, so the error stays below λ·sqrt(d)·u·|a||b| except with probability
+# about exp(-λ²/2) (Higham & Mary, SIAM J. Sci. Comput. 41, 2019); measured errors on this data are about
+# 2·u·|a||b| at d = 384. The selectors count in units of sqrt(d+4)·u·max|x|² and budget 3 units per product
+# (λ = 3, about 15 times the measured error). Decisions the budget cannot settle are taken in float64: rows whose
+# float32 value lies within twice the budget of the best are re-evaluated from the input vectors. When that window
+# is crowded (near-isotropic data, where hundreds of rows tie within rounding) and twice the budget is within the
+# tolerance of check_trace, the float32 best is taken as it is: it is a valid pick either way.
+
+RTOL = 1e-5
+_CROWDED = 64
 
 
 class _Rows:
     """Float32 working rows ``[x, |x|², extra]`` (compacted as rows are selected) plus float64 access to the input.
 
-    The augmented layout lets one BLAS call return squared distances or whole criterion keys. ``original`` maps
-    working positions to input positions; compaction keeps it increasing, so the lowest working position is also
-    the lowest input position (the tie rule).
+    The augmented layout lets one BLAS call return squared distances. ``original`` maps working positions to input
+    positions; compaction keeps it increasing, so the lowest working position is also the lowest input position
+    (the tie rule).
     """
 
     def __init__(self, matrix: np.ndarray, extra: float):
@@ -352,27 +364,20 @@ class _Rows:
         self.work[:, dim + 1] = extra
         self.original = np.arange(n_rows)
         self.max_squared_norm = float(self.squared_norms.max())
+        self.unit = float(np.sqrt(dim + 4)) * _U32 * self.max_squared_norm
 
     def exact64(self, positions: np.ndarray) -> np.ndarray:
         """Float64 copies of working rows, from the input (so float64 input keeps its full precision)."""
         return self.source[self.original[positions]].astype(np.float64)
 
-    def keep(self, mask: np.ndarray) -> None:
-        self.work = self.work[mask]
-        self.squared_norms = self.squared_norms[mask]
-        self.original = self.original[mask]
-
     def dot64(self, positions: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """Row-by-row float64 dot products; identical rows give bit-identical results (no BLAS blocking)."""
         return (self.exact64(positions) * vector).sum(axis=1)
 
-    def float32_error(self) -> float:
-        """Bound on the error of a float32 squared distance or criterion key computed as a (d+2)-term dot.
-
-        Recursive summation of d+2 products whose magnitudes add up to at most 4 max|x|² errs by at most
-        (d+2)·u·4·max|x|²; storing the inputs in float32 adds a few u·max|x|².
-        """
-        return (4.0 * (self.dim + 2) + 8.0) * _U32 * self.max_squared_norm
+    def keep(self, mask: np.ndarray) -> None:
+        self.work = self.work[mask]
+        self.squared_norms = self.squared_norms[mask]
+        self.original = self.original[mask]
 
 
 def _best_by_exact(candidates: np.ndarray, exact_values: np.ndarray) -> tuple[int, float]:
@@ -381,153 +386,226 @@ def _best_by_exact(candidates: np.ndarray, exact_values: np.ndarray) -> tuple[in
     return int(candidates[best]), float(exact_values[best])
 
 
+def _decide(positions: np.ndarray, approx: np.ndarray, error: float, exact, offset: float = 0.0):
+    """The row to pick among ``positions`` (ascending) from values ``approx`` that err by at most ``error``.
+
+    Returns ``(position, exact value or None)``. Rows within 2·error of the top may be the true best and are
+    re-evaluated by ``exact(positions)`` (largest wins, lowest position among exact ties), unless they are many and
+    2·error is within the trace tolerance of the top (``offset`` turns a value into a squared distance): then the
+    float32 best (lowest position among equal values) is valid whichever row is truly best.
+    """
+    best = int(np.argmax(approx))
+    top = float(approx[best])
+    window = np.flatnonzero(approx >= top - 2.0 * error)
+    if len(window) == 1:
+        return int(positions[best]), None
+    if len(window) > _CROWDED and 2.0 * error <= 0.9 * 2.0 * RTOL * (top - error + offset):
+        return int(positions[best]), None
+    return _best_by_exact(positions[window], exact(positions[window]))
+
+
 class _CentroidSelector:
     """Pruned exact greedy for the centroid rule.
 
-    Per row it keeps ``dots[i] = x_i · S`` (S: sum of the selected rows; float32 products summed in float64). The
-    criterion ranks rows by ``key_i = |x_i|² - 2 x_i·S/m`` (the squared distance to S/m minus the common
-    ``|S/m|²``). Each block: pick a pool of the top rows; speculate picks inside it with its Gram matrix; bound
-    the outside rows over the whole block by Cauchy–Schwarz; evaluate the survivors exactly for every step with
-    one product against ``[Δs_j, -m_j/2, 1]`` (``Δs_j``: the sum of the first j speculative picks), which returns
-    ``-(m_j/2)·key`` directly; accept the picks up to the first one an outside row beats, and that row as well.
+    Per row it keeps ``dots[i] = x_i·S`` (S: sum of the selected rows; float32 products summed in float64) and
+    ranks rows by ``key_i = |x_i|² - 2 x_i·S/m``, the squared distance to the centroid S/m minus the common
+    ``|S/m|²``. Each block speculates picks inside a pool of top rows (in float64), then checks the rest: moving
+    the centroid from ``c = S/m`` to ``(S + Δs_j)/m_j`` changes a key by ``-(2/m_j)·x·E_j`` with
+    ``E_j = Δs_j - j·c``. Along ``u = S/|S|`` the part ``(x·u)(u·E_j)`` is known per row, so only ``|x_⊥||E_⊥j|``
+    is bounded (Cauchy–Schwarz). Rows that could still reach a pick are evaluated for every step of the block
+    with one matrix-matrix product against the partial sums ``Δs_j``.
+
+    Rounding: the stored keys err by at most 6 units (every block's product errs by 3 units times |Δs|/max|x|,
+    and the |Δs| add up to at most m·max|x|; the key doubles it and divides by m); the verification product adds
+    6 more, so outside rows are compared within a window of 12 units. The pool works in float64.
     """
 
-    MIN_BLOCK, MAX_BLOCK = 4, 256
+    MIN_BLOCK, MAX_BLOCK, SEGMENT, MIN_MARGIN = 8, 256, 32, 32
+    # Where speculation keeps failing (near-isotropic data: every pick reshuffles the ranking) one matrix-vector
+    # product per pick is cheapest; blocks are retried after this many picks (doubling while they keep failing).
+    INCREMENTAL_RUN = 128
 
     def __init__(self, matrix: np.ndarray, start: int):
-        self.rows = _Rows(matrix, extra=0.0)
-        self.norms = np.sqrt(self.rows.squared_norms)
-        self.max_norm = float(self.norms.max())
+        self.rows = rows = _Rows(matrix, extra=0.0)
         self.alive = np.ones(len(matrix), dtype=bool)
         self.alive[start] = False
+        self.n_alive = len(matrix) - 1
         self.selected = [start]
-        self.selected_sum = self.rows.exact64(np.array([start]))[0]
+        self.selected_sum = rows.exact64(np.array([start]))[0]
         self.dots = self._products(self.selected_sum)
-        # Keys come from dots accumulated over all picks: the rounding of every product adds up to at most
-        # (d+2)·u·max|x|·Σ|Δs| ≤ (d+2)·u·max|x|²·m, i.e. 2(d+2)·u·max|x|² after dividing by m/2; twice that
-        # covers the pool and verification products too.
-        self.window = 2.0 * self.rows.float32_error()
-        self.block = self.MIN_BLOCK
+        self.key_error = 6.0 * rows.unit
+        self.window = 12.0 * rows.unit
+        self.pool_error = 8.0 * (rows.dim + 4) * _EPS64 * rows.max_squared_norm  # float64, worst case
+        self.block, self.margin = self.MIN_BLOCK, self.MIN_MARGIN
+        self.incremental_until, self.incremental_run = 0, self.INCREMENTAL_RUN
 
     def _products(self, vector: np.ndarray) -> np.ndarray:
         return (self.rows.work[:, : self.rows.dim] @ vector.astype(np.float32)).astype(np.float64)
 
     def run(self, k: int) -> np.ndarray:
         while len(self.selected) < k:
-            self._step_block(k - len(self.selected))
-            if self.alive.sum() < 0.75 * len(self.alive) and len(self.alive) > 4096:
+            if len(self.selected) < self.incremental_until:
+                self._step_incremental()
+            else:
+                self._step_block(k - len(self.selected))
+            if self.n_alive < 0.75 * len(self.alive) and len(self.alive) > 4096:
                 self._compact()
         return np.array(self.selected, dtype=np.int64)
 
     def _compact(self) -> None:
         keep = self.alive
         self.rows.keep(keep)
-        self.norms, self.dots, self.alive = self.norms[keep], self.dots[keep], self.alive[keep]
+        self.dots, self.alive = self.dots[keep], self.alive[keep]
 
     def _keys(self, count: int) -> np.ndarray:
         keys = self.rows.squared_norms - (2.0 / count) * self.dots
         keys[~self.alive] = -np.inf
         return keys
 
+    def _exact_keys(self, count: int, selected_sum: np.ndarray):
+        def exact(positions: np.ndarray) -> np.ndarray:
+            return self.rows.squared_norms[positions] - (2.0 / count) * self.rows.dot64(positions, selected_sum)
+
+        return exact
+
+    def _centroid_norm(self, count: int, selected_sum: np.ndarray) -> float:
+        return float(selected_sum @ selected_sum) / count**2
+
+    def _accept(self, positions: list[int]) -> None:
+        added = self.rows.exact64(np.array(positions)).sum(axis=0)
+        self.selected.extend(int(p) for p in self.rows.original[positions])
+        self.alive[positions] = False
+        self.n_alive -= len(positions)
+        self.selected_sum += added
+        self.dots += self._products(added)
+
+    def _step_incremental(self) -> None:
+        count = len(self.selected)
+        exact = self._exact_keys(count, self.selected_sum)
+        positions = np.arange(len(self.alive))
+        best, _ = _decide(positions, self._keys(count), self.key_error, exact, self._centroid_norm(count, self.selected_sum))
+        self._accept([best])
+
     def _step_block(self, remaining: int) -> None:
-        rows, count0 = self.rows, len(self.selected)
-        want = min(remaining, self.block)
-        n_alive = int(self.alive.sum())
-        pool_size = min(n_alive, max(8 * want, 256))
+        count0 = len(self.selected)
+        want = min(remaining, self.block, count0)  # blocks of at most m picks keep the rounding budget
         keys = self._keys(count0)
-        if pool_size < n_alive:
+        pool_size = min(self.n_alive, want + self.margin)
+        if pool_size < self.n_alive:
             pool = np.sort(np.argpartition(keys, len(keys) - pool_size)[len(keys) - pool_size :])
         else:
             pool = np.flatnonzero(self.alive)
-        picks, values, partial_sums = self._speculate(pool, want, count0)
+        picks, values, vectors = self._speculate(pool, want, count0)
         failed_at, correction = len(picks), None
-        if pool_size < n_alive:
+        if pool_size < self.n_alive:
             keys[pool] = -np.inf
-            failed_at, correction = self._verify_outside(keys, picks, values, partial_sums, count0)
-        accepted = list(picks[:failed_at]) + ([correction] if correction is not None else [])
-        added = rows.exact64(np.array(accepted)).sum(axis=0)
-        self.selected.extend(int(p) for p in rows.original[accepted])
-        self.alive[accepted] = False
-        self.selected_sum += added
-        self.dots += self._products(added)
-        grown = failed_at == len(picks) and want == self.block
-        self.block = min(2 * self.block, self.MAX_BLOCK) if grown else max(self.MIN_BLOCK, failed_at)
+            failed_at, correction = self._verify_outside(keys, picks, values, vectors, count0)
+        accepted = [int(p) for p in picks[:failed_at]] + ([correction] if correction is not None else [])
+        self._accept(accepted)
+        if correction is None:
+            self.block = min(2 * self.block, self.MAX_BLOCK) if want == self.block else self.block
+            self.margin = max(self.MIN_MARGIN, self.margin // 2)
+            self.incremental_run = self.INCREMENTAL_RUN
+        else:
+            self.block = max(self.MIN_BLOCK, failed_at)
+            self.margin = min(2 * self.margin, 8 * self.MAX_BLOCK)
+            if len(accepted) < self.MIN_BLOCK:
+                self.incremental_until = len(self.selected) + self.incremental_run
+                self.incremental_run *= 2
 
     def _speculate(self, pool: np.ndarray, want: int, count0: int):
-        """Greedy inside the pool, exact for pool rows: picks (working positions), their keys, partial sums."""
+        """Greedy inside the pool, in float64: picks (working positions), their keys and float64 vectors."""
         rows = self.rows
-        pool_rows = rows.work[pool, : rows.dim]
-        pool_dots = self.dots[pool]
+        pool_rows = rows.exact64(pool)
+        pool_dots = pool_rows @ self.selected_sum
         pool_norms = rows.squared_norms[pool]
         running_sum = self.selected_sum.copy()
-        partial_sum = np.zeros_like(running_sum)
-        picks, values, partial_sums = [], [], []
+        picked, values = [], []
         for j in range(min(want, len(pool))):
             count = count0 + j
             pool_keys = pool_norms - (2.0 / count) * pool_dots
-            top = pool_keys.max()
-            window = np.flatnonzero(pool_keys >= top - self.window)
-            exact = rows.squared_norms[pool[window]] - (2.0 / count) * rows.dot64(pool[window], running_sum)
-            best_local, value = _best_by_exact(window, exact)
-            best = int(pool[best_local])
-            picks.append(best)
-            values.append(value)
-            partial_sums.append(partial_sum.copy())
-            vector = rows.exact64(np.array([best]))[0]
-            running_sum += vector
-            partial_sum += vector
-            pool_dots += pool_rows @ pool_rows[best_local]
-            pool_norms[best_local] = -np.inf  # never picked twice; -inf survives the key arithmetic
-        return picks, np.array(values), np.array(partial_sums)
+            best, _ = _decide(np.arange(len(pool)), pool_keys, self.pool_error, self._pool_exact(pool, count, running_sum))
+            picked.append(best)
+            values.append(pool_keys[best])
+            running_sum += pool_rows[best]
+            pool_dots += pool_rows @ pool_rows[best]
+            pool_norms[best] = -np.inf  # never picked twice: -inf survives the key arithmetic
+        return pool[picked], np.array(values), pool_rows[picked]
 
-    def _verify_outside(self, keys, picks, values, partial_sums, count0):
+    def _pool_exact(self, pool: np.ndarray, count: int, selected_sum: np.ndarray):
+        exact = self._exact_keys(count, selected_sum)
+        return lambda local: exact(pool[local])
+
+    def _verify_outside(self, keys, picks, values, vectors, count0):
         """First step at which a row outside the pool beats the speculative pick, and that row (else len, None)."""
-        rows, n_steps = self.rows, len(picks)
+        n_steps = len(picks)
         counts = count0 + np.arange(n_steps, dtype=np.float64)
-        # Over the block, x·S/m moves by x·Δs/m (at most |x||Δs|/m) and by the change of m itself.
-        keys_last = rows.squared_norms - (2.0 / counts[-1]) * self.dots
-        drift = 2.0 * self.max_norm * float(np.sqrt((partial_sums**2).sum(axis=1)).max()) / count0
-        bound = np.maximum(keys, np.where(np.isneginf(keys), -np.inf, keys_last)) + drift + self.window
-        candidates = np.flatnonzero(bound >= values.min())
+        partial_sums = np.zeros_like(vectors)  # row j: the sum of the picks before step j
+        np.cumsum(vectors[:-1], axis=0, out=partial_sums[1:])
+        candidates = self._threatening_rows(keys, values, partial_sums, counts)
         if candidates.size == 0:
             return n_steps, None
-        probes = np.empty((n_steps, rows.dim + 2), dtype=np.float32)
-        probes[:, : rows.dim] = partial_sums
-        probes[:, rows.dim] = -counts / 2.0
-        probes[:, rows.dim + 1] = 1.0
-        if candidates.size > len(keys) // 4:  # most rows: multiply the stored matrix, masking the others
-            # A masked row's entry exceeds every candidate's (|entry - dots| ≤ max|x|·max|Δs| + m·max|x|²/2).
-            reach = self.max_norm * float(np.abs(partial_sums).sum(axis=1).max()) + counts[-1] * self.max_norm**2
-            rows.work[:, rows.dim + 1] = 2.0 * (reach + float(np.abs(self.dots).max())) + 1.0
-            rows.work[candidates, rows.dim + 1] = self.dots[candidates]
-            scaled = rows.work @ probes.T
-            members = np.arange(len(keys))
-        else:
-            block = rows.work[candidates]
-            block[:, rows.dim + 1] = self.dots[candidates]
-            scaled = block @ probes.T
-            members = candidates
-        # scaled = x·Δs_j - (m_j/2)|x|² + x·S = -(m_j/2)·key_j(x): the largest key is the smallest entry.
-        best_keys = -2.0 / counts * scaled.min(axis=0)
-        for j in np.flatnonzero(best_keys >= values - self.window):
-            count = counts[j]
-            near = members[np.flatnonzero(-2.0 / count * scaled[:, j] >= values[j] - self.window)]
-            exact = rows.squared_norms[near] - (2.0 / count) * rows.dot64(near, self.selected_sum + partial_sums[j])
-            winner, value = _best_by_exact(near, exact)
-            if value > values[j] or (value == values[j] and winner < picks[j]):
+        products = self.rows.work[candidates, : self.rows.dim] @ partial_sums.T.astype(np.float32)
+        step_keys = self.rows.squared_norms[candidates, None] - 2.0 / counts * (self.dots[candidates, None] + products)
+        for j in np.flatnonzero(step_keys.max(axis=0) >= values - self.window):
+            selected_sum = self.selected_sum + partial_sums[j]
+            exact = self._exact_keys(counts[j], selected_sum)
+            near = candidates[np.flatnonzero(step_keys[:, j] >= values[j] - self.window)]
+            winner, value = _best_by_exact(near, exact(near))
+            pick_value = float(exact(picks[j : j + 1])[0])
+            if value > pick_value or (value == pick_value and winner < picks[j]):
                 return int(j), winner
         return n_steps, None
 
+    def _threatening_rows(self, keys, values, partial_sums, counts) -> np.ndarray:
+        """Rows outside the pool (finite ``keys``) whose key might reach a speculative pick's during the block."""
+        rows, count0 = self.rows, counts[0]
+        norm_sum = float(np.linalg.norm(self.selected_sum))
+        if norm_sum == 0.0:  # no preferred direction: bound the whole move by Cauchy–Schwarz
+            direction, along_rows, slack = np.zeros_like(self.selected_sum), np.zeros_like(self.dots), 0.0
+        else:
+            direction = self.selected_sum / norm_sum
+            along_rows = self.dots / norm_sum
+            slack = 3.0 * rows.unit * count0 / norm_sum  # the rounding of the stored dots, along u
+        deviations = partial_sums - np.arange(len(counts))[:, None] * (self.selected_sum / count0)
+        along = deviations @ direction
+        across = np.sqrt(np.maximum(np.einsum("ij,ij->i", deviations, deviations) - along**2, 0.0))
+
+        def threatening(segment: slice, positions: np.ndarray) -> np.ndarray:
+            # Over the segment, -(2/m_j)·x·E_j ≤ 2·max(-(x·u)·β_j) + 2·|x_⊥|·max(|E_⊥j|/m_j) with β_j = u·E_j/m_j
+            # and x·u known up to ±slack.
+            low, high = along_rows[positions] - slack, along_rows[positions] + slack
+            closest = np.maximum(np.abs(along_rows[positions]) - slack, 0.0)
+            across_rows = np.sqrt(np.maximum(rows.squared_norms[positions] - closest**2, 0.0))
+            beta = along[segment] / counts[segment]
+            beta_low, beta_high = float(beta.min()), float(beta.max())
+            rise = np.maximum(np.maximum(-low * beta_low, -low * beta_high), np.maximum(-high * beta_low, -high * beta_high))
+            spread = float((across[segment] / counts[segment]).max())
+            bound = keys[positions] + 2.0 * rise + 2.0 * spread * across_rows + self.window
+            return bound >= float(values[segment].min())
+
+        candidates = np.flatnonzero(np.isfinite(keys))
+        candidates = candidates[threatening(slice(0, len(counts)), candidates)]  # coarse: the whole block
+        if len(counts) > self.SEGMENT and candidates.size:
+            kept = np.zeros(len(candidates), dtype=bool)
+            for first in range(0, len(counts), self.SEGMENT):
+                kept |= threatening(slice(first, first + self.SEGMENT), candidates)
+            candidates = candidates[kept]
+        return candidates
+
 
 class _KCenterSelector:
-    """Pruned exact greedy for k-center with lazily refreshed, float32 squared distances.
+    """Pruned exact greedy for k-center with lazily refreshed float32 squared distances.
 
-    ``nearest[i]`` is the smallest float32 squared distance from row i to the centers ``0..seen[i]-1``; as more
-    centers only lower the true value, a stale entry is an upper bound. Each block takes the pool of rows with
-    the largest entries, brings them up to date (one product per group of similar staleness against the centers
-    they have not seen), and picks inside the pool while the best exact value beats every outside entry by more
-    than the rounding window. ``ambiguous[i]`` marks rows whose two nearest centers are within rounding of each
-    other; their exact value is then computed against all centers.
+    ``nearest[i]`` is the smallest float32 squared distance from row i to the centers ``0..seen[i]-1`` and
+    ``assigned[i]`` the center that attains the true minimum among them (near-ties within rounding are decided in
+    float64 when they arise). More centers only lower the true value, so a stale entry is an upper bound (within
+    ``error``). Each block takes the pool of rows with the largest entries, brings them up to date (one product per
+    group of similar staleness against the centers they have not seen), and picks inside the pool while the best
+    value beats every outside entry.
+
+    Rounding: ``[x, |x|², 1]·[-2c, 1, |c|²]`` adds terms of total size at most 4·max|x|², so it errs by at most
+    ``error`` = 12 units.
     """
 
     MIN_POOL, MAX_POOL, GROUP = 128, 4096, 256
@@ -535,133 +613,130 @@ class _KCenterSelector:
     def __init__(self, matrix: np.ndarray, start: int):
         self.rows = rows = _Rows(matrix, extra=1.0)
         n_rows, dim = matrix.shape
-        self.error = rows.float32_error()
-        self.window = 4.0 * self.error
-        self.centers = np.empty((n_rows, dim + 2), dtype=np.float32)  # [-2c, 1, |c|²]
-        self.center_positions: list[int] = []
-        self.nearest = np.empty(n_rows, dtype=np.float32)
+        self.error = 12.0 * rows.unit
+        self.centers = np.empty((n_rows, dim + 2), dtype=np.float32)  # rows [-2c, 1, |c|²] in pick order
+        self.center_positions = np.empty(n_rows, dtype=np.int64)  # input positions, in pick order
+        self.n_centers = 0
+        self.nearest = np.empty(n_rows, dtype=np.float32)  # -inf once selected
         self.assigned = np.zeros(n_rows, dtype=np.int64)
-        self.seen = np.zeros(n_rows, dtype=np.int64)
-        self.ambiguous = np.zeros(n_rows, dtype=bool)
+        self.seen = np.ones(n_rows, dtype=np.int64)
+        self.n_alive = n_rows
         self._add_center(start)
         self.nearest[:] = rows.work @ self.centers[0]
-        self.seen[:] = 1
         self.nearest[start] = -np.inf
         self.pool_size = self.MIN_POOL
 
     def _add_center(self, working_position: int) -> None:
-        rows, number = self.rows, len(self.center_positions)
+        rows, number = self.rows, self.n_centers
         self.centers[number, : rows.dim] = -2.0 * rows.work[working_position, : rows.dim]
         self.centers[number, rows.dim] = 1.0
         self.centers[number, rows.dim + 1] = rows.squared_norms[working_position]
-        self.center_positions.append(int(rows.original[working_position]))
+        self.center_positions[number] = rows.original[working_position]
+        self.n_centers += 1
+        self.nearest[working_position] = -np.inf
+        self.n_alive -= 1
 
     def run(self, k: int) -> np.ndarray:
-        while len(self.center_positions) < k:
-            picked, refreshed = self._step_block(k - len(self.center_positions))
+        while self.n_centers < k:
+            picked, refreshed = self._step_block(k - self.n_centers)
             if picked == 0 and refreshed == 0:
                 self._exact_step()
-            n_alive = int(np.isfinite(self.nearest).sum())
-            if n_alive < 0.75 * len(self.nearest) and len(self.nearest) > 4096:
+            if self.n_alive < 0.75 * len(self.nearest) and len(self.nearest) > 4096:
                 self._compact()
-        return np.array(self.center_positions, dtype=np.int64)
+        return self.center_positions[:k].copy()
 
     def _compact(self) -> None:
         keep = np.isfinite(self.nearest)
         self.rows.keep(keep)
-        self.nearest, self.assigned = self.nearest[keep], self.assigned[keep]
-        self.seen, self.ambiguous = self.seen[keep], self.ambiguous[keep]
+        self.nearest, self.assigned, self.seen = self.nearest[keep], self.assigned[keep], self.seen[keep]
 
     def _refresh(self, positions: np.ndarray) -> int:
         """Bring stale rows up to date, in groups of similar staleness; returns how many were stale."""
-        count = len(self.center_positions)
+        count = self.n_centers
         stale = positions[self.seen[positions] < count]
         stale = stale[np.argsort(self.seen[stale], kind="stable")]
         for first in range(0, len(stale), self.GROUP):
             group = stale[first : first + self.GROUP]
             oldest = int(self.seen[group[0]])
-            squared = self.rows.work[group] @ self.centers[oldest:count].T
-            self._merge(group, squared, oldest)
-            self.seen[group] = count
+            self._merge(group, self.rows.work[group] @ self.centers[oldest:count].T, oldest)
         return len(stale)
 
     def _merge(self, group: np.ndarray, squared: np.ndarray, first_center: int) -> None:
-        """Fold float32 squared distances to centers ``first_center..`` (columns) into the per-row state."""
-        slack = 2.0 * self.error
-        nearest_new = squared.min(axis=1)
-        assigned_new = squared.argmin(axis=1) + first_center
-        # Another center within rounding of the nearest one: the float32 winner may be the wrong one.
-        ambiguous_new = (squared <= (nearest_new + slack)[:, None]).sum(axis=1) > 1
-        old, old_assigned = self.nearest[group], self.assigned[group]
-        closer = nearest_new < old
-        # Old and new nearest within rounding: both the old flag and the new candidates stay in play.
-        tie_zone = np.abs(nearest_new - old) <= slack
-        ambiguous = np.where(closer, ambiguous_new, self.ambiguous[group])
-        ambiguous |= tie_zone & ((assigned_new != old_assigned) | ambiguous_new)
-        self.nearest[group] = np.where(closer, nearest_new, old)
-        self.assigned[group] = np.where(closer, assigned_new, old_assigned)
-        self.ambiguous[group] = ambiguous
+        """Fold float32 squared distances to centers ``first_center..`` (columns) into the rows' state."""
+        slack = 2.0 * self.error  # two float32 values this close may be in either true order
+        new_nearest = squared.min(axis=1)
+        old_nearest, old_assigned = self.nearest[group], self.assigned[group]
+        lowest = np.minimum(old_nearest, new_nearest)
+        self.nearest[group] = lowest
+        self.assigned[group] = np.where(new_nearest < old_nearest, squared.argmin(axis=1) + first_center, old_assigned)
+        self.seen[group] = first_center + squared.shape[1]
+        contenders = squared <= (lowest + slack)[:, None]
+        # The old nearest center competes unless this product recomputed it (a refresh may revisit centers).
+        old_in_play = (old_nearest <= lowest + slack) & (old_assigned < first_center)
+        contested = np.flatnonzero(contenders.sum(axis=1) + old_in_play > 1)
+        if contested.size:
+            self._decide_nearest(group[contested], contenders[contested], old_in_play[contested], old_assigned[contested], first_center)
+
+    def _decide_nearest(self, positions, contenders, old_in_play, old_assigned, first_center) -> None:
+        """Rows with several centers within rounding of their float32 nearest: assign the float64 nearest."""
+        row_numbers, columns = np.nonzero(contenders)
+        old_rows = np.flatnonzero(old_in_play)
+        row_numbers = np.concatenate([row_numbers, old_rows])
+        centers = np.concatenate([columns + first_center, old_assigned[old_rows]])
+        center_rows = self.rows.source[self.center_positions[centers]].astype(np.float64)
+        differences = self.rows.exact64(positions[row_numbers]) - center_rows
+        squared = np.einsum("ij,ij->i", differences, differences)
+        order = np.lexsort((centers, squared, row_numbers))  # per row: smallest distance, then lowest center
+        row_numbers, centers = row_numbers[order], centers[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = row_numbers[1:] != row_numbers[:-1]
+        self.assigned[positions[row_numbers[first]]] = centers[first]
 
     def _exact_squared(self, positions: np.ndarray) -> np.ndarray:
         """Float64 squared distance of up-to-date rows to their nearest center, from the input vectors."""
-        rows = self.rows
-        vectors = rows.exact64(positions)
-        centers = self.rows.source[np.array(self.center_positions)[self.assigned[positions]]].astype(np.float64)
-        values = ((vectors - centers) ** 2).sum(axis=1)
-        for i in np.flatnonzero(self.ambiguous[positions]):
-            all_centers = rows.source[np.array(self.center_positions)].astype(np.float64)
-            values[i] = ((all_centers - vectors[i]) ** 2).sum(axis=1).min()
-        return values
-
-    def _accept(self, working_position: int) -> None:
-        self._add_center(working_position)
-        self.nearest[working_position] = -np.inf
+        centers = self.rows.source[self.center_positions[self.assigned[positions]]].astype(np.float64)
+        differences = self.rows.exact64(positions) - centers
+        return (differences * differences).sum(axis=1)
 
     def _step_block(self, remaining: int) -> tuple[int, int]:
         rows, nearest = self.rows, self.nearest
-        n_alive = int(np.isfinite(nearest).sum())
-        pool_size = min(n_alive, self.pool_size)
-        if pool_size < n_alive:
+        pool_size = min(self.n_alive, self.pool_size)
+        if pool_size < self.n_alive:
             split = len(nearest) - pool_size
             parts = np.argpartition(nearest, split - 1)
             pool = np.sort(parts[split:])
-            outside_bound = float(nearest[parts[split - 1]])
+            outside_bound = float(nearest[parts[split - 1]]) + self.error  # no outside row is truly farther
         else:
             pool = np.flatnonzero(np.isfinite(nearest))
             outside_bound = -np.inf
         refreshed = self._refresh(pool)
         pool_rows = rows.work[pool, : rows.dim]
         pool_norms = rows.squared_norms[pool].astype(np.float32)
-        values = nearest[pool]
         picked = 0
         while picked < remaining:
-            top = values.max()
-            if top == -np.inf:
-                break
-            window = np.flatnonzero(values >= top - self.window)
-            best_local, value = _best_by_exact(window, self._exact_squared(pool[window]))
-            if not value > outside_bound + self.window:
-                break
-            count = len(self.center_positions)
-            self._accept(int(pool[best_local]))
-            squared = pool_norms + pool_norms[best_local] - 2.0 * (pool_rows @ pool_rows[best_local])
-            self._merge_pool(pool, values, squared, count)
             values = nearest[pool]
+            if values.max() == -np.inf:
+                break
+            best, value = _decide(pool, values, self.error, self._exact_squared)
+            if value is None:  # the float32 value of the pick, less its error, bounds the truth from below
+                value = float(nearest[best]) - self.error
+            if not value > outside_bound:
+                break
+            center = self.n_centers
+            self._add_center(best)
+            local = int(np.searchsorted(pool, best))
+            squared = pool_norms + pool_norms[local] - 2.0 * (pool_rows @ pool_rows[local])
+            self._merge(pool, squared[:, None], center)
             picked += 1
         self.pool_size = int(np.clip(4 * picked, self.MIN_POOL, self.MAX_POOL))
         return picked, refreshed
 
-    def _merge_pool(self, pool: np.ndarray, values: np.ndarray, squared: np.ndarray, center: int) -> None:
-        self._merge(pool, squared[:, None], center)
-        self.seen[pool] = center + 1
-
     def _exact_step(self) -> None:
         """One pick without a pool: refresh every row that could be within rounding of the top, then decide."""
-        nearest = self.nearest
         while True:
-            top = nearest.max()
-            window = np.flatnonzero(nearest >= top - self.window)
+            top = float(self.nearest.max())
+            window = np.flatnonzero(self.nearest >= top - 2.0 * self.error)
             if self._refresh(window) == 0:
                 break
-        best, _ = _best_by_exact(window, self._exact_squared(window))
-        self._accept(best)
+        best, _ = _decide(window, self.nearest[window], self.error, self._exact_squared)
+        self._add_center(best)

@@ -116,6 +116,12 @@ def run_training_job(job: TrainingJob) -> None:
             remove_unused_columns=False,
             dataloader_num_workers=0,
         )
+        if job.deepspeed_config:
+            import deepspeed
+
+            # ZeRO-3 checks its batch sizes against the world size while from_pretrained partitions the weights;
+            # on the CPU nothing has told DeepSpeed about the other ranks by then.
+            deepspeed.init_distributed()
         parts: TrainingParts = importlib.import_module(BACKEND_MODULES[job.backend]).training_parts(job)
         trainer = Trainer(model=parts.model, args=args, train_dataset=parts.examples, data_collator=parts.collator)
         result = trainer.train()
@@ -124,6 +130,9 @@ def run_training_job(job: TrainingJob) -> None:
         if trainer.is_world_process_zero():
             parts.tokenizer.save_pretrained(job.output_dir)
             log = summarize_log_history(trainer.state.log_history, result.metrics, len(job.texts), args.world_size)
+            zero_stage = trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None
+            # -1 = without DeepSpeed; 0 is DeepSpeed without partitioning.
+            log["metrics"]["deepspeed_zero_stage"] = -1 if zero_stage is None else zero_stage
             (Path(job.output_dir) / TRAINING_LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
     finally:
         # A ZeRO-3 config left registered would make later from_pretrained calls in this process partition weights.
@@ -212,13 +221,14 @@ def _launch_with_spark(job: TrainingJob, num_processes: int, local_mode: bool) -
 
 @contextmanager
 def _single_rank_environment() -> Iterator[None]:
-    """The variables a launcher would set, for one rank in this process; a process group it leaves is closed."""
-    import torch.distributed as dist
-
+    """The variables a launcher would set, for one rank in this process; afterwards the environment is restored
+    (accelerate leaves ACCELERATE_USE_DEEPSPEED=true behind, which would make every later Trainer in this process a
+    DeepSpeed one). The process group the first job opens stays open: DeepSpeed caches its groups for the life of
+    the process, so later jobs here must find the same one."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free_port = probe.getsockname()[1]
-    wanted = {
+    launcher_variables = {
         "RANK": "0",
         "LOCAL_RANK": "0",
         "WORLD_SIZE": "1",
@@ -226,16 +236,13 @@ def _single_rank_environment() -> Iterator[None]:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port),
     }
-    added = {key: value for key, value in wanted.items() if key not in os.environ}
-    already_initialized = dist.is_available() and dist.is_initialized()
-    os.environ.update(added)
+    saved = dict(os.environ)
+    os.environ.update({key: value for key, value in launcher_variables.items() if key not in os.environ})
     try:
         yield
     finally:
-        if not already_initialized and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        for key in added:
-            os.environ.pop(key, None)
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class HuggingFaceTrainer(TextClassifier):

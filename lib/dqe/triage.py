@@ -1,0 +1,221 @@
+"""Triage: wrong predictions → ``triage`` table (uncovered / difficult / noisy) and the ``flagged_noise`` view.
+
+The rule itself is :func:`dqe.algorithms.triage_rule.categorize` (numpy + FAISS). At scale the wrong rows are
+few and the corpus is large, so the queries are broadcast, every corpus partition is searched with FAISS
+(``mapInPandas``), and the per-partition winners are reduced to one neighbour per query with the same order as
+the in-memory rule: highest cosine similarity, then lowest position. Positions number the clean rows in
+``row_id`` order, so both paths see the same ties.
+
+``direction``: ``forward`` examines errors on ``unsampled`` of the model trained on ``sampled`` (the paper);
+``reverse`` (``triage.both_directions``) examines errors on ``sampled`` of a model trained on ``unsampled``, so
+every row gets an out-of-sample check. For a reverse error, *difficult* means the neighbour was in that model's
+training split (``unsampled``).
+
+Noisy pairs go to the LLM judge when ``triage.judge.enabled``; verdicts are cached in ``judge_cache``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from dqe.algorithms.neighbors import top1_neighbors
+from dqe.algorithms.triage_rule import categorize
+from dqe.catalog import Catalog, Table
+from dqe.config import DqeConfig, TriageConfig
+from dqe.embed import model_identifier
+from dqe.errors import InputError
+from dqe.lakehouse import StageRun, stage_fingerprint, stage_run
+
+__all__ = ["categorize", "triage", "positioned_rows", "search_neighbors"]
+
+NEIGHBOR_SCHEMA = "query_pos long, neighbor_pos long, similarity double"
+TRAINING_SPLIT = {"forward": "sampled", "reverse": "unsampled"}
+PREDICTED_SPLIT = {"forward": "unsampled", "reverse": "sampled"}
+
+
+def positioned_rows(clean: DataFrame, selection: DataFrame, embeddings: DataFrame) -> DataFrame:
+    """Clean rows with their split, vector and ``pos`` (0-based, in row_id order)."""
+    return (
+        clean.select("row_id", "label")
+        .join(selection.select("row_id", "split"), "row_id")
+        .join(embeddings.select("row_id", "vector"), "row_id")
+        .withColumn("pos", F.row_number().over(Window.orderBy("row_id")) - 1)
+    )
+
+
+def search_neighbors(spark: SparkSession, corpus: DataFrame, queries: pd.DataFrame, cfg: TriageConfig) -> DataFrame:
+    """For each query (pos, vector), the most similar other corpus row: searched per corpus partition, reduced."""
+    query_vectors = np.stack(queries["vector"].to_numpy()).astype(np.float32)
+    query_ids = queries["pos"].to_numpy(dtype=np.int64)
+    shared = spark.sparkContext.broadcast((query_vectors, query_ids))
+
+    def search(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        vectors, ids = shared.value
+        for part in parts:
+            if part.empty:
+                continue
+            found = top1_neighbors(
+                vectors,
+                np.stack(part["vector"].to_numpy()).astype(np.float32),
+                query_ids=ids,
+                corpus_ids=part["pos"].to_numpy(dtype=np.int64),
+                index=cfg.index,
+                nlist=cfg.ivf_nlist,
+                nprobe=cfg.ivf_nprobe,
+            )
+            keep = found.ids >= 0
+            yield pd.DataFrame(
+                {"query_pos": ids[keep], "neighbor_pos": found.ids[keep], "similarity": found.similarities[keep]}
+            )
+
+    partial = corpus.select("pos", "vector").mapInPandas(search, NEIGHBOR_SCHEMA)
+    best = Window.partitionBy("query_pos").orderBy(F.col("similarity").desc(), F.col("neighbor_pos").asc())
+    return partial.withColumn("_n", F.row_number().over(best)).where("_n = 1").drop("_n")
+
+
+def _wrong_rows(rows: DataFrame, predictions: DataFrame, direction: str) -> DataFrame:
+    return (
+        rows.where(F.col("split") == PREDICTED_SPLIT[direction])
+        .join(predictions.where(F.col("split") == PREDICTED_SPLIT[direction]).select("row_id", "predicted_label"), "row_id")
+        .where(F.col("predicted_label").isNull() | (F.col("predicted_label") != F.col("label")))
+    )
+
+
+def triage_direction(spark: SparkSession, rows: DataFrame, predictions: DataFrame, direction: str, cfg: TriageConfig) -> DataFrame:
+    wrong = _wrong_rows(rows, predictions, direction).toPandas()
+    columns = "row_id string, label string, predicted_label string, split string, category string, neighbor_row_id string, neighbor_label string, neighbor_split string, similarity double, direction string"
+    if wrong.empty:
+        return spark.createDataFrame([], columns)
+    found = search_neighbors(spark, rows, wrong[["pos", "vector"]], cfg)
+    neighbor = rows.select(
+        F.col("pos").alias("neighbor_pos"),
+        F.col("row_id").alias("neighbor_row_id"),
+        F.col("label").alias("neighbor_label"),
+        F.col("split").alias("neighbor_split"),
+    )
+    queries = spark.createDataFrame(wrong[["pos", "row_id", "label", "predicted_label", "split"]]).withColumnRenamed("pos", "query_pos")
+    joined = found.join(queries, "query_pos").join(neighbor, "neighbor_pos")
+    category = (
+        F.when(F.col("neighbor_label") != F.col("label"), "noisy")
+        .when(F.col("neighbor_split") == TRAINING_SPLIT[direction], "difficult")
+        .otherwise("uncovered")
+    )
+    return joined.select(
+        "row_id",
+        "label",
+        "predicted_label",
+        "split",
+        category.alias("category"),
+        "neighbor_row_id",
+        "neighbor_label",
+        "neighbor_split",
+        "similarity",
+        F.lit(direction).alias("direction"),
+    )
+
+
+def _judge_noisy(spark: SparkSession, config: DqeConfig, run: StageRun, catalog: Catalog, triaged: DataFrame) -> DataFrame:
+    """Add judge_verdict/judge_label/judge_reason (null when the judge is off or the row is not noisy)."""
+    verdict_columns = [F.lit(None).cast("string").alias(c) for c in ("judge_verdict", "judge_label", "judge_reason")]
+    if not config.triage.judge.enabled:
+        return triaged.select("*", *verdict_columns)
+    from dqe.judge import Judge, JudgePair
+    from dqe.judge_cache import DeltaJudgeCache
+
+    clean = spark.table(catalog.name(Table.CLEAN)).select("row_id", "text")
+    noisy = (
+        triaged.where("category = 'noisy'")
+        .join(clean, "row_id")
+        .join(clean.select(F.col("row_id").alias("neighbor_row_id"), F.col("text").alias("neighbor_text")), "neighbor_row_id")
+        .select("row_id", "direction", "text", "label", "neighbor_text", "neighbor_label")
+        .toPandas()
+    )
+    if noisy.empty:
+        return triaged.select("*", *verdict_columns)
+    labels = config.dataset.labels or sorted(
+        r.label for r in spark.table(catalog.name(Table.CLEAN)).select("label").distinct().collect()
+    )
+    cache = DeltaJudgeCache(spark, catalog.name(Table.JUDGE_CACHE))
+    judge = Judge(config.triage.judge, labels, cache=cache, secret_getter=_databricks_secret_getter())
+    pairs = [JudgePair(r.text, r.label, r.neighbor_text, r.neighbor_label) for r in noisy.itertuples()]
+    verdicts = judge.judge(pairs)
+    cache.flush()
+    run.outputs[catalog.name(Table.JUDGE_CACHE)] = cache.version()
+    result = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "row_id": noisy["row_id"],
+                "direction": noisy["direction"],
+                "judge_verdict": [v.verdict for v in verdicts],
+                "judge_label": [v.label for v in verdicts],
+                "judge_reason": [v.reason for v in verdicts],
+            }
+        ),
+        "row_id string, direction string, judge_verdict string, judge_label string, judge_reason string",
+    )
+    return triaged.join(result, ["row_id", "direction"], "left")
+
+
+def _databricks_secret_getter():
+    """``dbutils.secrets.get`` on Databricks; None elsewhere (the API key then comes from the environment)."""
+    try:
+        from pyspark.dbutils import DBUtils  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    dbutils = DBUtils(SparkSession.getActiveSession())
+    return lambda scope, key: dbutils.secrets.get(scope=scope, key=key)
+
+
+def create_flagged_noise_view(spark: SparkSession, catalog: Catalog) -> None:
+    triage_name, clean_name = catalog.name(Table.TRIAGE), catalog.name(Table.CLEAN)
+    spark.sql(
+        f"""
+        CREATE OR REPLACE VIEW {catalog.name(Table.FLAGGED_NOISE)} AS
+        SELECT t.row_id, c.text, t.label, t.predicted_label, t.split, t.direction,
+               t.neighbor_row_id, n.text AS neighbor_text, t.neighbor_label, t.neighbor_split, t.similarity,
+               t.judge_verdict, t.judge_label, t.judge_reason
+        FROM {triage_name} t
+        JOIN {clean_name} c ON c.row_id = t.row_id
+        JOIN {clean_name} n ON n.row_id = t.neighbor_row_id
+        WHERE t.category = 'noisy'
+        """
+    )
+
+
+def triage(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
+    catalog = Catalog.from_config(config)
+    with stage_run(spark, catalog, "triage", stage_fingerprint(config, "triage")) as run:
+        clean = run.read(spark, catalog.name(Table.CLEAN))
+        selection = run.read(spark, catalog.name(Table.SELECTION))
+        embeddings = run.read(spark, catalog.name(Table.EMBEDDINGS)).where(
+            F.col("model") == model_identifier(config.embed)
+        )
+        predictions = run.read(spark, catalog.name(Table.PREDICTIONS))
+        rows = positioned_rows(clean, selection, embeddings).localCheckpoint()
+        directions = ["forward", "reverse"] if config.triage.both_directions else ["forward"]
+        for direction in directions:
+            split = PREDICTED_SPLIT[direction]
+            expected = rows.where(F.col("split") == split).count()
+            covered = rows.where(F.col("split") == split).join(predictions.where(F.col("split") == split), "row_id").count()
+            if covered != expected:
+                raise InputError(
+                    f"triage ({direction}) needs a prediction for every {split} row: {covered} of {expected} have one "
+                    f"(run dqe infer{' for the sampled split' if direction == 'reverse' else ''})"
+                )
+        triaged = None
+        for direction in directions:
+            part = triage_direction(spark, rows, predictions, direction, config.triage)
+            triaged = part if triaged is None else triaged.unionByName(part)
+        triaged = _judge_noisy(spark, config, run, catalog, triaged.localCheckpoint())
+        written = run.write(triaged, catalog.name(Table.TRIAGE))
+        create_flagged_noise_view(spark, catalog)
+        counts = {
+            f"{r['direction']}/{r['category']}": r["count"]
+            for r in spark.table(catalog.name(Table.TRIAGE)).groupBy("direction", "category").count().collect()
+        }
+    return {"wrong_rows": written, **counts}
