@@ -9,7 +9,7 @@ flag). From there:
 - ``embeddings``: LSA vectors of the clean texts (TF-IDF → 64-dim truncated SVD, L2-normalised) under the model
   name ``fixture-lsa-64`` (the configs below set ``embed.model`` to it), seconds instead of a transformer;
 - ``selection``: a deterministic half by row_id (each injected copy unsampled, its original sampled);
-- ``predictions``: a 1-nearest-neighbour classifier over the sampled rows' vectors;
+- ``predictions``: a similarity-weighted 5-nearest-neighbour vote over the sampled rows' vectors;
 - ``triage``: the real rule, :func:`dqe.algorithms.triage_rule.categorize`, with a rule-based stand-in for the
   LLM judge (injected copies: ``a``, the copy is mislabelled; other noisy rows alternate ``b``/``ambiguous``);
 - ``flagged_noise``: the real view, :func:`dqe.triage.create_flagged_noise_view`;
@@ -110,6 +110,18 @@ def lsa_vectors(texts: list[str], dims: int = 64) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def knn_predict(vectors: np.ndarray, labels: np.ndarray, sampled: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Label of every row by a vote of its k most similar sampled rows (weights exp(10·cosine)), and the winning
+    share of the vote. Near-identical rows dominate the vote; otherwise the neighbourhood decides."""
+    train, train_labels = vectors[sampled], labels[sampled]
+    similarity = vectors @ train.T
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    weights = np.exp(10.0 * np.take_along_axis(similarity, nearest, axis=1))
+    classes = np.unique(labels)
+    votes = np.stack([(weights * (train_labels[nearest] == c)).sum(axis=1) for c in classes], axis=1)
+    return classes[votes.argmax(axis=1)], (votes.max(axis=1) / votes.sum(axis=1)).astype(float)
+
+
 def _judge(row: pd.Series, injected: set[str], position: int) -> tuple[str | None, str | None, str | None]:
     if row["category"] != "noisy":
         return None, None, None
@@ -118,6 +130,18 @@ def _judge(row: pd.Series, injected: set[str], position: int) -> tuple[str | Non
     if position % 2 == 0:
         return "b", row["label"], "fixture judge: the neighbour looks mislabelled"
     return "ambiguous", None, "fixture judge: both labels are defensible"
+
+
+_BUILT: dict[str, Tables] = {}
+
+
+def shared_tables(spark: SparkSession, make_config: Callable[..., DqeConfig], tmp_dir_factory) -> Tables:
+    """One build per test process, shared by test_sql.py and test_notebooks.py: a build on a cold JVM costs about
+    a minute. Consumers that write (the triage-explorer notebook adds reviews) must leave what others assert on
+    intact: the notebook test reviews as its own reviewer, and the SQL test reads reviews back from the table."""
+    if "tables" not in _BUILT:
+        _BUILT["tables"] = build_tables(spark, make_config, tmp_dir_factory.mktemp("dqe_tables"))
+    return _BUILT["tables"]
 
 
 def build_tables(
@@ -185,18 +209,16 @@ def build_tables(
     )
     write_table(spark.createDataFrame(selection, SELECTION_SCHEMA), catalog.name(Table.SELECTION))
 
-    # predictions of a 1-NN "model" trained on the sampled half
+    # predictions of a similarity-weighted 5-NN "model" over the sampled half
     labels = clean_rows["label"].to_numpy(dtype=object)
-    similarity = vectors @ vectors[sampled].T
-    best = similarity.argmax(axis=1)
-    predicted = labels[sampled][best]
+    predicted, confidence = knn_predict(vectors, labels, sampled)
     unsampled = ~sampled
     predictions = pd.DataFrame(
         {
             "row_id": clean_rows["row_id"][unsampled],
             "label": labels[unsampled],
             "predicted_label": predicted[unsampled],
-            "confidence": similarity.max(axis=1)[unsampled].astype(float),
+            "confidence": confidence[unsampled],
             "probabilities": [{p: 1.0} for p in predicted[unsampled]],
             "raw_output": None,
             "parse_ok": True,

@@ -19,7 +19,7 @@ from dqe.algorithms import stats
 from dqe.catalog import Catalog, Table
 from dqe.clean import normalize_label, normalize_text
 from dqe.config import DqeConfig
-from dqe.embed import model_identifier
+from dqe.embed import encode, model_identifier
 from dqe.errors import InputError
 from dqe.lakehouse import stage_fingerprint, stage_run
 
@@ -40,7 +40,9 @@ def load_test_rows(spark: SparkSession, config: DqeConfig, name: str) -> tuple[p
     return raw[usable].reset_index(drop=True), int((~usable).sum())
 
 
-def fit_and_score(config: DqeConfig, train: pd.DataFrame, test: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
+def fit_and_score(
+    config: DqeConfig, train: pd.DataFrame, test: pd.DataFrame, test_vectors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-example correctness and predictions on ``test`` of a trainer fitted on ``train``; seconds to fit."""
     from dqe.trainers import make_trainer
 
@@ -55,7 +57,7 @@ def fit_and_score(config: DqeConfig, train: pd.DataFrame, test: pd.DataFrame) ->
     started = time.perf_counter()
     trainer.fit(train["text"].tolist(), train["label"].tolist(), vectors)
     seconds = time.perf_counter() - started
-    predicted = np.asarray(trainer.predict(test["text"].tolist()).labels, dtype=object)
+    predicted = np.asarray(trainer.predict(test["text"].tolist(), test_vectors).labels, dtype=object)
     return predicted == test["label"].to_numpy(dtype=object), predicted, seconds
 
 
@@ -80,9 +82,11 @@ def evaluate(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
         if test.empty:
             raise InputError(f"{catalog.name(Table.TEST)} has no usable rows to evaluate on")
 
+        # Embedded once for the three linear models, with the model that embedded the training rows.
+        test_vectors = encode(test["text"].tolist(), config.embed)[0] if config.train.backend == "linear" else None
         results: dict[str, tuple[np.ndarray, np.ndarray, float, int]] = {}
         for variant, rows in zip(VARIANTS, (full, curated, random_rows)):
-            correct, predicted, seconds = fit_and_score(config, rows, test)
+            correct, predicted, seconds = fit_and_score(config, rows, test, test_vectors)
             results[variant] = (correct, predicted, seconds, len(rows))
 
         records = []

@@ -13,20 +13,22 @@ values) go to the lowest row position. :func:`check_trace` verifies this; bit-eq
 not the goal, because float32 and float64 round differently.
 
 **Speed (numpy, ``device="cpu"``).** The plain incremental method costs one matrix-vector product over all rows
-per pick, which is bound by memory bandwidth. :func:`greedy_select` instead
+per pick; beyond the last-level cache it runs at memory bandwidth. :func:`greedy_select` instead works in blocks:
 
-1. keeps cheap float32 scores for every row (augmented with a squared-norm column, so one BLAS call yields
-   squared distances) and refreshes them in blocks with matrix-matrix products, which run near peak FLOP rate;
-2. speculates a block of picks inside a small *pool* of the current top rows, using the pool's own Gram matrix;
-3. proves each speculative pick correct for the rows outside the pool: for k-center, values only decrease, so
-   every outside row is bounded by its (possibly stale) value; for the centroid rule, the centroid moves by
-   O(1/m) per pick, so ``|x·Δs| ≤ |x| |Δs|`` (Cauchy–Schwarz) rules out most rows, and the few that remain are
-   evaluated exactly for all steps of the block with one matrix-matrix product;
-4. decides every near-tie in float64: rows whose float32 score lies within a rigorous rounding-error window of the
-   best are re-evaluated from the original vectors, and exact ties go to the lowest position.
+1. it speculates a block of picks inside a small *pool* of the current top rows, updating only the pool;
+2. it proves the block correct for the rows outside the pool. K-center values only decrease, so a pick that beats
+   the largest value outside the pool beats every outside row for good. Centroid keys move by ``-(2/m)·x·E``
+   when the centroid moves by ``E/m``; the component of ``E`` along the current centroid direction is known per
+   row, the rest is bounded by Cauchy–Schwarz, and the few rows that could still reach a pick are evaluated for
+   every step of the block with one matrix-matrix product;
+3. it brings all rows up to date once per block (k-center: one matrix-matrix product against the block's centers,
+   near peak FLOP rate; centroid: one matrix-vector product with the sum of the block's picks);
+4. it decides near-ties in float64: rows whose float32 value lies within the rounding budget of the best are
+   re-evaluated from the input vectors (see "Rounding" below), and exact ties go to the lowest position.
 
-K-center rows outside the pool are refreshed lazily (only when their stale upper bound reaches the top), which is
-where most of its saving comes from on real embeddings.
+Where the centroid rule has no structure to exploit (near-isotropic data: the centroid shrinks towards zero and
+every pick reshuffles the ranking) speculation fails, and the selector falls back to one matrix-vector product per
+pick over the rows not yet selected, retrying blocks periodically.
 
 **Torch** (``device="cuda"``, ``"cuda:N"`` or ``"torch-cpu"``): the incremental method in float64 on the device
 (one matrix-vector product per pick, no host synchronisation inside the loop). On a GPU that product is fast; the
@@ -41,7 +43,6 @@ from typing import Any
 import numpy as np
 
 CRITERIA = ("centroid", "kcenter")
-TORCH_DEVICES = ("torch-cpu", "cuda", "cuda:N")
 
 # Unit roundoff of the float32 screening arithmetic and of float64.
 _U32 = float(np.finfo(np.float32).eps) / 2
@@ -164,6 +165,7 @@ def naive_greedy(vectors: Any, k: int, criterion: str = "centroid", start: int =
     matrix = _as_matrix(vectors).astype(np.float64)
     k, start = _check_k_start(k, start, len(matrix))
     squared_norms = np.einsum("ij,ij->i", matrix, matrix)
+    noise_floor = 64.0 * matrix.shape[1] * _EPS64 * squared_norms.max()
     selected = [start]
     taken = np.zeros(len(matrix), dtype=bool)
     taken[start] = True
@@ -175,6 +177,10 @@ def naive_greedy(vectors: Any, k: int, criterion: str = "centroid", start: int =
             centers = matrix[selected]
             gram = matrix @ centers.T
             values = (squared_norms[:, None] + squared_norms[selected][None, :] - 2.0 * gram).min(axis=1)
+            # Dot products cannot resolve distances near zero (duplicates would differ by rounding noise):
+            # recompute those from differences, which are exactly 0 for identical rows.
+            for row in np.flatnonzero((values <= noise_floor) & ~taken):
+                values[row] = ((centers - matrix[row]) ** 2).sum(axis=1).min()
         values[taken] = -np.inf
         pick = int(np.argmax(values))
         selected.append(pick)
@@ -595,20 +601,21 @@ class _CentroidSelector:
 
 
 class _KCenterSelector:
-    """Pruned exact greedy for k-center with lazily refreshed float32 squared distances.
+    """Exact greedy k-center with blocked float32 squared distances.
 
-    ``nearest[i]`` is the smallest float32 squared distance from row i to the centers ``0..seen[i]-1`` and
-    ``assigned[i]`` the center that attains the true minimum among them (near-ties within rounding are decided in
-    float64 when they arise). More centers only lower the true value, so a stale entry is an upper bound (within
-    ``error``). Each block takes the pool of rows with the largest entries, brings them up to date (one product per
-    group of similar staleness against the centers they have not seen), and picks inside the pool while the best
-    value beats every outside entry.
+    ``nearest[i]`` is the float32 squared distance from row i to its nearest center and ``assigned[i]`` the center
+    that is nearest in exact arithmetic (when two centers are within rounding of each other, float64 decides).
+    Each block takes a pool of the rows with the largest values and picks inside it, updating only the pool (one
+    matrix-vector product per pick over the pool), for as long as the best pool value beats the largest value
+    outside the pool: values only decrease as centers are added, so no outside row can have overtaken. Then all
+    rows are brought up to date with the block's new centers by one matrix-matrix product, which runs near peak
+    FLOP rate instead of at memory bandwidth.
 
     Rounding: ``[x, |x|², 1]·[-2c, 1, |c|²]`` adds terms of total size at most 4·max|x|², so it errs by at most
     ``error`` = 12 units.
     """
 
-    MIN_POOL, MAX_POOL, GROUP = 128, 4096, 256
+    POOL, CHUNK = 256, 4096
 
     def __init__(self, matrix: np.ndarray, start: int):
         self.rows = rows = _Rows(matrix, extra=1.0)
@@ -617,14 +624,11 @@ class _KCenterSelector:
         self.centers = np.empty((n_rows, dim + 2), dtype=np.float32)  # rows [-2c, 1, |c|²] in pick order
         self.center_positions = np.empty(n_rows, dtype=np.int64)  # input positions, in pick order
         self.n_centers = 0
-        self.nearest = np.empty(n_rows, dtype=np.float32)  # -inf once selected
+        self.nearest = np.full(n_rows, np.inf, dtype=np.float32)  # -inf once selected
         self.assigned = np.zeros(n_rows, dtype=np.int64)
-        self.seen = np.ones(n_rows, dtype=np.int64)
         self.n_alive = n_rows
         self._add_center(start)
-        self.nearest[:] = rows.work @ self.centers[0]
-        self.nearest[start] = -np.inf
-        self.pool_size = self.MIN_POOL
+        self._update_all(0)
 
     def _add_center(self, working_position: int) -> None:
         rows, number = self.rows, self.n_centers
@@ -638,9 +642,9 @@ class _KCenterSelector:
 
     def run(self, k: int) -> np.ndarray:
         while self.n_centers < k:
-            picked, refreshed = self._step_block(k - self.n_centers)
-            if picked == 0 and refreshed == 0:
-                self._exact_step()
+            first_center = self.n_centers
+            self._pick_block(k - self.n_centers)
+            self._update_all(first_center)
             if self.n_alive < 0.75 * len(self.nearest) and len(self.nearest) > 4096:
                 self._compact()
         return self.center_positions[:k].copy()
@@ -648,34 +652,46 @@ class _KCenterSelector:
     def _compact(self) -> None:
         keep = np.isfinite(self.nearest)
         self.rows.keep(keep)
-        self.nearest, self.assigned, self.seen = self.nearest[keep], self.assigned[keep], self.seen[keep]
+        self.nearest, self.assigned = self.nearest[keep], self.assigned[keep]
 
-    def _refresh(self, positions: np.ndarray) -> int:
-        """Bring stale rows up to date, in groups of similar staleness; returns how many were stale."""
-        count = self.n_centers
-        stale = positions[self.seen[positions] < count]
-        stale = stale[np.argsort(self.seen[stale], kind="stable")]
-        for first in range(0, len(stale), self.GROUP):
-            group = stale[first : first + self.GROUP]
-            oldest = int(self.seen[group[0]])
-            self._merge(group, self.rows.work[group] @ self.centers[oldest:count].T, oldest)
-        return len(stale)
+    def _update_all(self, first_center: int) -> None:
+        """Fold the centers added since ``first_center`` into every row, a chunk of rows per product."""
+        centers = self.centers[first_center : self.n_centers].T
+        for first in range(0, len(self.nearest), self.CHUNK):
+            chunk = np.arange(first, min(first + self.CHUNK, len(self.nearest)))
+            self._merge(chunk, self.rows.work[first : first + self.CHUNK] @ centers, first_center)
 
     def _merge(self, group: np.ndarray, squared: np.ndarray, first_center: int) -> None:
         """Fold float32 squared distances to centers ``first_center..`` (columns) into the rows' state."""
         slack = 2.0 * self.error  # two float32 values this close may be in either true order
-        new_nearest = squared.min(axis=1)
+        columns = squared.argmin(axis=1)
+        new_nearest = squared[np.arange(len(group)), columns]
         old_nearest, old_assigned = self.nearest[group], self.assigned[group]
-        lowest = np.minimum(old_nearest, new_nearest)
-        self.nearest[group] = lowest
-        self.assigned[group] = np.where(new_nearest < old_nearest, squared.argmin(axis=1) + first_center, old_assigned)
-        self.seen[group] = first_center + squared.shape[1]
-        contenders = squared <= (lowest + slack)[:, None]
-        # The old nearest center competes unless this product recomputed it (a refresh may revisit centers).
-        old_in_play = (old_nearest <= lowest + slack) & (old_assigned < first_center)
+        self.nearest[group] = np.minimum(old_nearest, new_nearest)
+        closer = new_nearest < old_nearest
+        self.assigned[group[closer]] = columns[closer] + first_center
+        # A row can only have two centers within rounding of its nearest if a new one comes that close.
+        suspects = np.flatnonzero(new_nearest <= old_nearest + slack)
+        if suspects.size == 0:
+            return
+        lowest = np.minimum(old_nearest[suspects], new_nearest[suspects])
+        contenders = squared[suspects] <= (lowest + slack)[:, None]
+        # The old center competes unless this product recomputed it (pool rows meet their block's centers twice).
+        old_in_play = (old_nearest[suspects] <= lowest + slack) & (old_assigned[suspects] < first_center)
         contested = np.flatnonzero(contenders.sum(axis=1) + old_in_play > 1)
         if contested.size:
-            self._decide_nearest(group[contested], contenders[contested], old_in_play[contested], old_assigned[contested], first_center)
+            rows = suspects[contested]
+            self._decide_nearest(group[rows], contenders[contested], old_in_play[contested], old_assigned[rows], first_center)
+
+    def _merge_one(self, group: np.ndarray, squared: np.ndarray, center: int) -> None:
+        """``_merge`` for a single new center (the pool, after each pick)."""
+        old_nearest, old_assigned = self.nearest[group], self.assigned[group]
+        self.nearest[group] = np.minimum(old_nearest, squared)
+        self.assigned[group[squared < old_nearest]] = center
+        contested = np.flatnonzero(np.abs(squared - old_nearest) <= 2.0 * self.error)
+        if contested.size:
+            both = np.ones((len(contested), 1), dtype=bool)
+            self._decide_nearest(group[contested], both, both[:, 0], old_assigned[contested], center)
 
     def _decide_nearest(self, positions, contenders, old_in_play, old_assigned, first_center) -> None:
         """Rows with several centers within rounding of their float32 nearest: assign the float64 nearest."""
@@ -698,9 +714,10 @@ class _KCenterSelector:
         differences = self.rows.exact64(positions) - centers
         return (differences * differences).sum(axis=1)
 
-    def _step_block(self, remaining: int) -> tuple[int, int]:
+    def _pick_block(self, remaining: int) -> None:
+        """Picks inside the pool while they provably beat every row outside it; at least one pick."""
         rows, nearest = self.rows, self.nearest
-        pool_size = min(self.n_alive, self.pool_size)
+        pool_size = min(self.n_alive, self.POOL)
         if pool_size < self.n_alive:
             split = len(nearest) - pool_size
             parts = np.argpartition(nearest, split - 1)
@@ -709,7 +726,6 @@ class _KCenterSelector:
         else:
             pool = np.flatnonzero(np.isfinite(nearest))
             outside_bound = -np.inf
-        refreshed = self._refresh(pool)
         pool_rows = rows.work[pool, : rows.dim]
         pool_norms = rows.squared_norms[pool].astype(np.float32)
         picked = 0
@@ -725,18 +741,9 @@ class _KCenterSelector:
             center = self.n_centers
             self._add_center(best)
             local = int(np.searchsorted(pool, best))
-            squared = pool_norms + pool_norms[local] - 2.0 * (pool_rows @ pool_rows[local])
-            self._merge(pool, squared[:, None], center)
+            self._merge_one(pool, pool_norms + pool_norms[local] - 2.0 * (pool_rows @ pool_rows[local]), center)
             picked += 1
-        self.pool_size = int(np.clip(4 * picked, self.MIN_POOL, self.MAX_POOL))
-        return picked, refreshed
-
-    def _exact_step(self) -> None:
-        """One pick without a pool: refresh every row that could be within rounding of the top, then decide."""
-        while True:
-            top = float(self.nearest.max())
-            window = np.flatnonzero(self.nearest >= top - 2.0 * self.error)
-            if self._refresh(window) == 0:
-                break
-        best, _ = _decide(window, self.nearest[window], self.error, self._exact_squared)
-        self._add_center(best)
+        if picked == 0:  # a near-tie across the pool boundary: decide among all rows
+            alive = np.flatnonzero(np.isfinite(nearest))
+            best, _ = _decide(alive, nearest[alive], self.error, self._exact_squared)
+            self._add_center(best)

@@ -1,0 +1,142 @@
+"""The Spark triage and curate stages against the in-memory rule, on tables built here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dqe.algorithms.triage_rule import categorize
+from dqe.catalog import Catalog, Table
+from dqe.curate import curate
+from dqe.errors import InputError
+from dqe.triage import triage
+
+from conftest import SHARED_DATA
+
+
+def _write(spark, config, table, frame, schema):
+    catalog = Catalog.from_config(config)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {catalog.namespace}")
+    spark.createDataFrame(frame, schema).repartition(4).write.format("delta").mode("overwrite").saveAsTable(
+        catalog.name(table)
+    )
+
+
+@pytest.fixture(scope="module")
+def built(spark, make_config):
+    """600 real TREC rows with random unit vectors (plus exact duplicates to force ties) and noisy predictions."""
+    raw = pd.read_parquet(SHARED_DATA / "trec" / "train.parquet").iloc[:600].reset_index(drop=True)
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(len(raw), 16)).astype(np.float32)
+    vectors[100:110] = vectors[0:10]  # ties: identical rows
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    row_ids = [f"r{i:04d}" for i in range(len(raw))]
+    sampled = rng.random(len(raw)) < 0.5
+    labels = raw["label"].to_numpy(dtype=object)
+    classes = sorted(set(labels))
+    predicted = np.where(rng.random(len(raw)) < 0.3, rng.choice(classes, len(raw)), labels)
+    config = make_config("trec", "triage.both_directions=true")
+    _write(spark, config, Table.CLEAN, pd.DataFrame({"row_id": row_ids, "text": raw["text"], "label": labels, "source": "t"}), "row_id string, text string, label string, source string")
+    _write(spark, config, Table.SELECTION, pd.DataFrame({"row_id": row_ids, "split": np.where(sampled, "sampled", "unsampled")}), "row_id string, split string")
+    _write(
+        spark,
+        config,
+        Table.EMBEDDINGS,
+        pd.DataFrame({"row_id": row_ids, "vector": list(vectors), "model": "sentence-transformers/all-MiniLM-L6-v2"}),
+        "row_id string, vector array<float>, model string",
+    )
+    _write(
+        spark,
+        config,
+        Table.PREDICTIONS,
+        pd.DataFrame({"row_id": row_ids, "predicted_label": predicted, "split": np.where(sampled, "sampled", "unsampled")}),
+        "row_id string, predicted_label string, split string",
+    )
+    summary = triage(spark, config)
+    return config, summary, vectors, labels, sampled, predicted, row_ids
+
+
+def _triage_table(spark, config) -> pd.DataFrame:
+    return spark.table(Catalog.from_config(config).name(Table.TRIAGE)).toPandas()
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_spark_search_matches_in_memory_rule(spark, built, direction):
+    config, _, vectors, labels, sampled, predicted, row_ids = built
+    training = sampled if direction == "forward" else ~sampled
+    expected = categorize(vectors, labels, training, np.where(training, None, predicted))
+    got = _triage_table(spark, config)
+    got = got[got["direction"] == direction].sort_values("row_id").reset_index(drop=True)
+    assert len(got) == len(expected) > 20
+    assert got["row_id"].tolist() == [row_ids[i] for i in expected["row"]]
+    assert got["neighbor_row_id"].tolist() == [row_ids[i] for i in expected["neighbor"]]
+    assert got["category"].tolist() == expected["category"].tolist()
+    np.testing.assert_allclose(got["similarity"], expected["similarity"], rtol=1e-6)
+
+
+def test_flagged_noise_view_pairs_texts(spark, built):
+    config = built[0]
+    catalog = Catalog.from_config(config)
+    view = spark.sql(f"SELECT * FROM {catalog.name(Table.FLAGGED_NOISE)}").toPandas()
+    noisy = _triage_table(spark, config).query("category == 'noisy'")
+    assert len(view) == len(noisy) > 0
+    assert (view["label"] != view["neighbor_label"]).all()
+    assert view["text"].notna().all() and view["neighbor_text"].notna().all()
+
+
+def test_curated_is_sampled_plus_uncovered_plus_difficult_minus_noisy(spark, built):
+    config, _, _, _, sampled, _, row_ids = built
+    summary = curate(spark, config)
+    catalog = Catalog.from_config(config)
+    curation = spark.table(catalog.name(Table.CURATION)).toPandas().set_index("row_id")
+    assert len(curation) == len(row_ids)
+    tri = _triage_table(spark, config)
+    forward, reverse = tri[tri["direction"] == "forward"], tri[tri["direction"] == "reverse"]
+    reverse_noisy = set(reverse.query("category == 'noisy'")["row_id"])
+    expected = {r for r, s in zip(row_ids, sampled) if s} - reverse_noisy
+    expected |= set(forward[forward["category"].isin(["uncovered", "difficult"])]["row_id"])
+    assert set(curation.index[curation["curated"]]) == expected
+    assert summary["curated"] == len(expected)
+    assert set(curation.loc[list(set(forward.query("category == 'noisy'")["row_id"])), "fate"]) == {"noisy_dropped"}
+    curated_view = spark.sql(f"SELECT count(*) AS n FROM {catalog.name(Table.CURATED)}").first().n
+    assert curated_view == len(expected)
+
+
+def test_reviews_override_automatic_fates(spark, built):
+    config = built[0]
+    catalog = Catalog.from_config(config)
+    curation = spark.table(catalog.name(Table.CURATION)).toPandas()
+    dropped = curation[curation["fate"] == "noisy_dropped"]["row_id"].iloc[0]
+    kept = curation[curation["fate"] == "sampled"]["row_id"].iloc[0]
+    now = datetime.now(timezone.utc)
+    reviews = pd.DataFrame(
+        {
+            "row_id": [dropped, kept, kept],
+            "reviewer": ["ana", "ana", "bo"],
+            "verdict": ["relabel", "keep", "drop"],
+            "new_label": ["LOC", None, None],
+            "note": ["", "", "later review wins"],
+            "reviewed_at": [now, now, now.replace(year=now.year + 1)],
+        }
+    )
+    spark.createDataFrame(reviews).write.format("delta").mode("overwrite").saveAsTable(catalog.name(Table.REVIEWS))
+    curate(spark, config)
+    after = spark.table(catalog.name(Table.CURATION)).toPandas().set_index("row_id")
+    assert after.loc[dropped, "fate"] == "review_relabelled" and after.loc[dropped, "label"] == "LOC"
+    assert bool(after.loc[dropped, "curated"])
+    assert after.loc[kept, "fate"] == "review_dropped" and not bool(after.loc[kept, "curated"])
+
+
+def test_missing_predictions_are_a_clear_error(spark, built, make_config):
+    config = built[0]
+    other = make_config("trec")
+    catalog, source = Catalog.from_config(other), Catalog.from_config(config)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {catalog.namespace}")
+    for table in (Table.CLEAN, Table.SELECTION, Table.EMBEDDINGS):
+        spark.table(source.name(table)).write.format("delta").saveAsTable(catalog.name(table))
+    spark.table(source.name(Table.PREDICTIONS)).limit(10).write.format("delta").saveAsTable(catalog.name(Table.PREDICTIONS))
+    with pytest.raises(InputError, match=r"triage \(forward\) needs a prediction for every unsampled row"):
+        triage(spark, other)
