@@ -9,11 +9,12 @@ flag). From there:
 - ``embeddings``: LSA vectors of the clean texts (TF-IDF → 64-dim truncated SVD, L2-normalised) under the model
   name ``fixture-lsa-64`` (the configs below set ``embed.model`` to it), seconds instead of a transformer;
 - ``selection``: a deterministic half by row_id (each injected copy unsampled, its original sampled);
-- ``predictions``: a similarity-weighted 5-nearest-neighbour vote over the sampled rows' vectors;
+- predictions (not written: nothing here reads them): a similarity-weighted 5-nearest-neighbour vote over the
+  sampled rows' vectors;
 - ``triage``: the real rule, :func:`dqe.algorithms.triage_rule.categorize`, with a rule-based stand-in for the
   LLM judge (injected copies: ``a``, the copy is mislabelled; other noisy rows alternate ``b``/``ambiguous``);
 - ``flagged_noise``: the real view, :func:`dqe.triage.create_flagged_noise_view`;
-- ``reviews`` (optional): two reviewers, one agreeing with the judge throughout, one dropping every row and
+- ``reviews``: two reviewers, one agreeing with the judge throughout, one dropping every row and
   changing an earlier verdict;
 - ``evaluation``: three variant rows in the real schema (:data:`dqe.evaluate.EVALUATION_SCHEMA`).
 
@@ -35,8 +36,10 @@ from dqe.algorithms.triage_rule import categorize
 from dqe.catalog import Catalog, Table
 from dqe.clean import clean
 from dqe.config import DqeConfig
+from dqe.embed import EMBEDDING_SCHEMA
+from dqe.evaluate import EVALUATION_SCHEMA
 from dqe.ingest import ingest
-from dqe.lakehouse import write_table
+from dqe.triage import create_flagged_noise_view
 
 from conftest import SHARED_DATA
 
@@ -49,10 +52,6 @@ REVIEWS_SCHEMA = (
 SELECTION_SCHEMA = (
     "row_id string, label string, split string, partition int, rank int, local_rank int, criterion string, "
     "run_id string"
-)
-PREDICTIONS_SCHEMA = (
-    "row_id string, label string, predicted_label string, confidence double, probabilities map<string,double>, "
-    "raw_output string, parse_ok boolean, split string, model_uri string, run_id string"
 )
 TRIAGE_SCHEMA = (
     "row_id string, label string, predicted_label string, split string, category string, neighbor_row_id string, "
@@ -70,7 +69,7 @@ class Tables:
     near_duplicates: pd.DataFrame
     vectors: np.ndarray
     triage: pd.DataFrame
-    reviews: pd.DataFrame | None
+    reviews: pd.DataFrame
     evaluation: pd.DataFrame
     injected_texts: list[str]
 
@@ -110,16 +109,22 @@ def lsa_vectors(texts: list[str], dims: int = 64) -> np.ndarray:
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def knn_predict(vectors: np.ndarray, labels: np.ndarray, sampled: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Label of every row by a vote of its k most similar sampled rows (weights exp(10·cosine)), and the winning
-    share of the vote. Near-identical rows dominate the vote; otherwise the neighbourhood decides."""
+def save(df, name: str) -> None:
+    """A Delta table as the stages write them, minus the version bookkeeping the tests do not need."""
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").saveAsTable(name)
+
+
+def knn_predict(vectors: np.ndarray, labels: np.ndarray, sampled: np.ndarray, k: int = 5) -> np.ndarray:
+    """Label of every row by a vote of its k most similar sampled rows, weighted by exp(10·cosine): a
+    near-identical row dominates the vote, otherwise the neighbourhood decides (so some wrong rows are
+    'difficult': their nearest row is a sampled one with their label, outvoted by the others)."""
     train, train_labels = vectors[sampled], labels[sampled]
     similarity = vectors @ train.T
     nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     weights = np.exp(10.0 * np.take_along_axis(similarity, nearest, axis=1))
     classes = np.unique(labels)
     votes = np.stack([(weights * (train_labels[nearest] == c)).sum(axis=1) for c in classes], axis=1)
-    return classes[votes.argmax(axis=1)], (votes.max(axis=1) / votes.sum(axis=1)).astype(float)
+    return classes[votes.argmax(axis=1)]
 
 
 def _judge(row: pd.Series, injected: set[str], position: int) -> tuple[str | None, str | None, str | None]:
@@ -148,8 +153,6 @@ def build_tables(
     spark: SparkSession,
     make_config: Callable[..., DqeConfig],
     tmp_dir: Path,
-    *,
-    with_reviews: bool = True,
 ) -> Tables:
     source = tmp_dir / "source" / "train.parquet"
     _, injected_texts = sample_source(source)
@@ -184,9 +187,7 @@ def build_tables(
             "truncated": False,
         }
     )
-    from dqe.embed import EMBEDDING_SCHEMA
-
-    write_table(spark.createDataFrame(embeddings, EMBEDDING_SCHEMA), catalog.name(Table.EMBEDDINGS))
+    save(spark.createDataFrame(embeddings, EMBEDDING_SCHEMA), catalog.name(Table.EMBEDDINGS))
 
     # selection: half by row_id; injected copies unsampled, their originals sampled
     injected = set(injected_texts)
@@ -207,27 +208,11 @@ def build_tables(
             "run_id": "fixture",
         }
     )
-    write_table(spark.createDataFrame(selection, SELECTION_SCHEMA), catalog.name(Table.SELECTION))
+    save(spark.createDataFrame(selection, SELECTION_SCHEMA), catalog.name(Table.SELECTION))
 
     # predictions of a similarity-weighted 5-NN "model" over the sampled half
     labels = clean_rows["label"].to_numpy(dtype=object)
-    predicted, confidence = knn_predict(vectors, labels, sampled)
-    unsampled = ~sampled
-    predictions = pd.DataFrame(
-        {
-            "row_id": clean_rows["row_id"][unsampled],
-            "label": labels[unsampled],
-            "predicted_label": predicted[unsampled],
-            "confidence": confidence[unsampled],
-            "probabilities": [{p: 1.0} for p in predicted[unsampled]],
-            "raw_output": None,
-            "parse_ok": True,
-            "split": "unsampled",
-            "model_uri": "models:/fixture_1nn/1",
-            "run_id": "fixture",
-        }
-    )
-    write_table(spark.createDataFrame(predictions, PREDICTIONS_SCHEMA), catalog.name(Table.PREDICTIONS))
+    predicted = knn_predict(vectors, labels, sampled)
 
     # triage by the real rule, judged by the stand-in
     found = categorize(vectors, labels, sampled, np.where(sampled, None, predicted))
@@ -252,17 +237,11 @@ def build_tables(
     assert len(copies) == INJECTED and set(copies["category"]) == {"noisy"}, "injected noise not flagged"
     assert set(triage["category"]) >= {"noisy", "difficult"}, triage["category"].value_counts()
     triage = triage.drop(columns="text")
-    write_table(spark.createDataFrame(triage, TRIAGE_SCHEMA), catalog.name(Table.TRIAGE))
-    from dqe.triage import create_flagged_noise_view
-
+    save(spark.createDataFrame(triage, TRIAGE_SCHEMA), catalog.name(Table.TRIAGE))
     create_flagged_noise_view(spark, catalog)
 
-    reviews = None
-    if with_reviews:
-        reviews = sample_reviews(triage)
-        write_table(spark.createDataFrame(reviews, REVIEWS_SCHEMA), catalog.name(Table.REVIEWS))
-
-    from dqe.evaluate import EVALUATION_SCHEMA
+    reviews = sample_reviews(triage)
+    save(spark.createDataFrame(reviews, REVIEWS_SCHEMA), catalog.name(Table.REVIEWS))
 
     evaluation = pd.DataFrame(
         {
@@ -283,7 +262,7 @@ def build_tables(
             "test_rows": 400,
         }
     )
-    write_table(spark.createDataFrame(evaluation, EVALUATION_SCHEMA), catalog.name(Table.EVALUATION))
+    save(spark.createDataFrame(evaluation, EVALUATION_SCHEMA), catalog.name(Table.EVALUATION))
     return Tables(config, overrides, clean_rows, quarantine, near, vectors, triage, reviews, evaluation, injected_texts)
 
 

@@ -122,8 +122,9 @@ def test_pruned_blocks_on_embedding_like_data(criterion, monkeypatch):
     order = greedy_select(rows, 3000, criterion, start=11)
     assert 0 < calls["blocks"] < 1000  # many picks per block, so the block path did the work
     check_trace(rows, order, criterion)
+    # The float64 torch path may order near-ties differently, but it selects nearly the same rows.
     reference = greedy_select(rows, 3000, criterion, start=11, device="torch-cpu")
-    assert np.mean(order == reference) > 0.9  # float32 vs float64 may order near-ties differently
+    assert len(np.intersect1d(order, reference)) > 0.9 * len(order)
 
 
 @pytest.mark.parametrize("criterion", CRITERIA)
@@ -231,3 +232,11 @@ def test_invalid_arguments(arguments, message):
 def test_numpy_integer_arguments_are_accepted():
     order = greedy_select(unit_rows(10, 3, seed=0), np.int64(3), start=np.int32(2))
     assert order.tolist()[0] == 2 and len(order) == 3
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        greedy_select(unit_rows(4, 3, seed=0), 2, device="cuda")

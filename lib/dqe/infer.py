@@ -13,11 +13,11 @@ predicted_label         the model's label; null when a generative model's output
 confidence              probability of ``predicted_label`` (0 when null)
 probabilities           map label → probability, over the labels the model was trained on
 raw_output, parse_ok    the model's raw answer and whether it named exactly one label
-split                   the split the row belonged to when predicted (the table is partitioned by it)
 model_uri               the model version that predicted (``models:/name/version``)
 training_run_id         the MLflow run that trained it
 run_id                  this stage run (see the ``runs`` table)
 selection_version       the version of ``selection`` the split was read from
+split                   the split the row belonged to when predicted (the table is partitioned by it)
 ======================  ===========================================================================================
 
 Writing split S replaces, in one Delta commit, the rows of S and any rows predicted against another version of
@@ -101,11 +101,12 @@ def infer(
                 ).alias("probabilities"),
                 F.col("prediction.raw_output").alias("raw_output"),
                 F.col("prediction.parse_ok").alias("parse_ok"),
-                F.lit(split).alias("split"),
                 F.lit(model_uri).alias("model_uri"),
                 F.lit(model_info.run_id).alias("training_run_id"),
                 F.lit(run.run_id).alias("run_id"),
                 F.lit(selection_version).cast("long").alias("selection_version"),
+                # The partition column goes last: a Hive-style catalog rejects a schema where it does not.
+                F.lit(split).alias("split"),
             )
         )
         (

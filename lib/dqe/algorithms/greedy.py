@@ -138,9 +138,10 @@ def greedy_select(
     ``"kcenter"`` (farthest from the nearest selected row). ``device``: ``"cpu"`` runs the pruned numpy method,
     ``"cuda"``/``"cuda:N"`` the float64 incremental method on a GPU and ``"torch-cpu"`` that torch code on the CPU.
 
-    Every result is a valid greedy trace in the sense of :func:`check_trace` (ties go to the lowest position).
-    Raises ``ValueError`` for invalid input: not 2-D, ragged rows, empty, NaN/inf, ``k`` outside ``1..n``,
-    ``start`` outside ``0..n-1``, an unknown criterion or device.
+    Every result is a valid greedy trace in the sense of :func:`check_trace` at its default ``rtol`` of 1e-5
+    (ties go to the lowest position). The numpy method needs about one float32 copy of the input as working
+    memory. Raises ``ValueError`` for invalid input: not 2-D, ragged rows, empty, NaN/inf, ``k`` outside ``1..n``,
+    ``start`` outside ``0..n-1``, an unknown criterion or device, or a CUDA device that torch cannot see.
     """
     criterion = _check_criterion(criterion)
     torch_device = _torch_device(device)
@@ -231,74 +232,106 @@ def _check_order(order: Any, n_rows: int) -> np.ndarray:
 _CHECK_BLOCK = 128
 
 
-def _judge_steps(
-    values: np.ndarray, to_distance, order: np.ndarray, first_step: int, rtol: float, floor: float
-) -> None:
-    """Judge each step (row ``j`` of ``values``: the criterion key of every row, -inf where selected)."""
-    picks = order[first_step : first_step + len(values)]
-    best_rows = values.argmax(axis=1)  # first maximum: the lowest position among exact ties
-    for j in np.flatnonzero(best_rows != picks):
-        step, pick, best = first_step + int(j), int(picks[j]), int(best_rows[j])
+class _Columns:
+    """The rows a checker still has to look at: the input minus rows selected before the current block.
+
+    Selected rows are masked at first and dropped once they make up a fifth of the columns, so the products shrink
+    as the selection grows. ``positions`` ascend, so a lower column is a lower input position (the tie rule).
+    """
+
+    def __init__(self, matrix: np.ndarray, squared_norms: np.ndarray, state: np.ndarray):
+        self.positions = np.arange(len(matrix))
+        self.matrix, self.squared_norms, self.state = matrix, squared_norms, state
+        self.selected = np.zeros(len(matrix), dtype=bool)
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.positions, rows)
+
+    def select(self, columns: np.ndarray) -> None:
+        self.selected[columns] = True
+        if self.selected.sum() > 0.2 * len(self.selected):
+            keep = ~self.selected
+            self.positions, self.matrix = self.positions[keep], self.matrix[keep]
+            self.squared_norms, self.state, self.selected = self.squared_norms[keep], self.state[keep], self.selected[keep]
+
+    def mask(self, values: np.ndarray, columns: np.ndarray) -> None:
+        """-inf for rows selected before the block, and for each block pick from the step after it on."""
+        values[:, self.selected] = -np.inf
+        for j, column in enumerate(columns[:-1]):
+            values[j + 1 :, column] = -np.inf
+
+
+def _judge_steps(values, to_distance, columns: _Columns, picks: np.ndarray, first_step, rtol, floor) -> None:
+    """Judge each step (row ``j`` of ``values``: the criterion key of every column, -inf where selected)."""
+    best_columns = values.argmax(axis=1)  # first maximum: the lowest position among exact ties
+    for j in np.flatnonzero(best_columns != picks):
+        step, pick, best = first_step + int(j), int(picks[j]), int(best_columns[j])
+        pick_row, best_row = int(columns.positions[pick]), int(columns.positions[best])
         pick_value, best_value = values[j, pick], values[j, best]
         pick_distance, best_distance = to_distance(j, pick_value), to_distance(j, best_value)
         if pick_distance < best_distance - rtol * max(best_distance, floor / rtol):
             raise AssertionError(
-                f"step {step}: picked row {pick} at distance {pick_distance:.9g}, but row {best} is farther "
+                f"step {step}: picked row {pick_row} at distance {pick_distance:.9g}, but row {best_row} is farther "
                 f"({best_distance:.9g}; relative gap {(best_distance - pick_distance) / best_distance:.2e} > {rtol})"
             )
         earlier_ties = np.flatnonzero(values[j, :pick] == pick_value)
         if earlier_ties.size:
             raise AssertionError(
-                f"step {step}: picked row {pick}, but row {int(earlier_ties[0])} has exactly the same value "
-                f"({pick_distance:.9g}) and a lower position, so it must come first"
+                f"step {step}: picked row {pick_row}, but row {int(columns.positions[earlier_ties[0]])} has exactly "
+                f"the same value ({pick_distance:.9g}) and a lower position, so it must come first"
             )
 
 
 def _check_centroid_steps(matrix, squared_norms, order, rtol, floor) -> None:
-    n_rows = len(matrix)
-    penalty = np.zeros(n_rows)  # -inf on selected rows
-    penalty[order[0]] = -np.inf
     selected_sum = matrix[order[0]].copy()
-    dots = matrix @ selected_sum  # x_i · (sum of selected rows)
+    columns = _Columns(matrix, squared_norms, matrix @ selected_sum)  # state: x · (sum of selected rows)
+    columns.select(columns.of(order[:1]))
     for first in range(1, len(order), _CHECK_BLOCK):
         block = order[first : first + _CHECK_BLOCK]
+        picks = columns.of(block)
         # Row j (< len(block)): the selected sum added before step first+j; the last row: the whole block.
         partial_sums = np.vstack([np.zeros(matrix.shape[1]), np.cumsum(matrix[block], axis=0)])
-        products = partial_sums @ matrix.T
+        products = partial_sums @ columns.matrix.T
         counts = np.arange(first, first + len(block), dtype=np.float64)
         # m·|x - S/m|² - |S|²/m = m|x|² - 2 x·S: the same order as the distance, without dividing.
-        keys = counts[:, None] * squared_norms[None, :] - 2.0 * (dots[None, :] + products[:-1])
-        keys += penalty
-        for j, row in enumerate(block[:-1]):
-            keys[j + 1 :, row] = -np.inf
+        keys = products[:-1]
+        keys += columns.state
+        keys *= -2.0
+        keys += np.multiply.outer(counts, columns.squared_norms)
+        columns.mask(keys, picks)
         sums = selected_sum + partial_sums[:-1]
         sum_norms = np.einsum("ij,ij->i", sums, sums)
 
         def to_distance(j: int, key: float) -> float:
             return float(np.sqrt(max(key / counts[j] + sum_norms[j] / counts[j] ** 2, 0.0)))
 
-        _judge_steps(keys, to_distance, order, first, rtol, floor)
-        dots += products[-1]
+        _judge_steps(keys, to_distance, columns, picks, first, rtol, floor)
+        columns.state += products[-1]
         selected_sum += partial_sums[-1]
-        penalty[block] = -np.inf
+        columns.select(picks)
 
 
 def _check_kcenter_steps(matrix, squared_norms, order, rtol, floor) -> None:
-    nearest = np.maximum(squared_norms + squared_norms[order[0]] - 2.0 * (matrix @ matrix[order[0]]), 0.0)
-    nearest[order[0]] = -np.inf  # squared distance to the nearest selected row; -inf once selected
+    start = order[0]
+    nearest = np.maximum(squared_norms + squared_norms[start] - 2.0 * (matrix @ matrix[start]), 0.0)
+    columns = _Columns(matrix, squared_norms, nearest)  # state: squared distance to the nearest selected row
+    columns.select(columns.of(order[:1]))
     for first in range(1, len(order), _CHECK_BLOCK):
         block = order[first : first + _CHECK_BLOCK]
-        squared = squared_norms[block][:, None] + squared_norms[None, :] - 2.0 * (matrix[block] @ matrix.T)
+        picks = columns.of(block)
+        squared = matrix[block] @ columns.matrix.T
+        squared *= -2.0
+        squared += columns.squared_norms
+        squared += squared_norms[block][:, None]
         np.maximum(squared, 0.0, out=squared)
-        np.minimum.accumulate(squared, axis=0, out=squared)
+        np.minimum.accumulate(squared, axis=0, out=squared)  # row j: nearest among the block's first j+1 rows
         values = np.empty_like(squared)
-        values[0] = nearest
-        np.minimum(nearest[None, :], squared[:-1], out=values[1:])
-        for j, row in enumerate(block[:-1]):
-            values[j + 1 :, row] = -np.inf
-        _judge_steps(values, lambda j, value: float(np.sqrt(max(value, 0.0))), order, first, rtol, floor)
-        np.minimum(nearest, squared[-1], out=nearest)
-        nearest[block] = -np.inf
+        values[0] = columns.state
+        np.minimum(columns.state, squared[:-1], out=values[1:])
+        columns.mask(values, picks)
+        _judge_steps(values, lambda j, value: float(np.sqrt(max(value, 0.0))), columns, picks, first, rtol, floor)
+        np.minimum(columns.state, squared[-1], out=columns.state)
+        columns.select(picks)
 
 
 # ------------------------------------------------------------------------------------------------ the torch path
@@ -312,6 +345,8 @@ def _select_torch(matrix: np.ndarray, k: int, criterion: str, start: int, device
     """
     import torch
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested, but torch sees no CUDA device (use device='cpu')")
     rows = torch.as_tensor(matrix, device=device).to(torch.float64)
     squared_norms = (rows * rows).sum(dim=1)
     order = torch.empty(k, dtype=torch.int64, device=device)
