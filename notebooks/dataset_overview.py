@@ -78,12 +78,15 @@ def exists(table: Table) -> bool:
     return spark.catalog.tableExists(catalog.name(table))
 
 
-table_counts = pd.DataFrame(
-    [
-        {"table": table.value, "name": catalog.name(table), "rows": spark.table(catalog.name(table)).count()}
-        for table in Table
-        if table is not Table.RUNS and exists(table)
-    ]
+present = [table for table in Table if table is not Table.RUNS and exists(table)]
+if not present:
+    raise RuntimeError(f"no dqe table in {catalog.namespace}: run the pipeline first (dqe run / the bundle's job)")
+# one query for all counts (one Spark job instead of one per table)
+counted = spark.sql(
+    " UNION ALL ".join(f"SELECT '{table.value}' AS table, count(*) AS rows FROM {catalog.name(table)}" for table in present)
+).toPandas()
+table_counts = pd.DataFrame({"table": [t.value for t in present], "name": [catalog.name(t) for t in present]}).merge(
+    counted, on="table"
 )
 display(table_counts)
 

@@ -99,7 +99,10 @@ pairs = flagged.select(
     "judge_reason",
 ).orderBy(F.col("similarity").desc(), "row_id")
 pair_counts = flagged.groupBy("label", "neighbor_label").count().orderBy(F.col("count").desc()).toPandas()
-print(f"{pairs.count()} flagged pairs with similarity >= {min_similarity}" + (f" and labels {label_pair}" if label_pair else ""))
+print(
+    f"{int(pair_counts['count'].sum())} flagged pairs with similarity >= {min_similarity}"
+    + (f" and labels {label_pair}" if label_pair else "")
+)
 display(pair_counts)
 
 # COMMAND ----------

@@ -90,6 +90,22 @@ def trained(spark, config, tables):
     return train(spark, config)
 
 
+@pytest.fixture(scope="module")
+def unsampled_predicted(spark, config, trained):
+    from dqe.infer import infer
+
+    return infer(spark, config)
+
+
+@pytest.fixture(scope="module")
+def both_directions(spark, config, unsampled_predicted):
+    from dqe.infer import infer
+    from dqe.train import train
+
+    trained_on_unsampled = train(spark, config, split="unsampled")
+    return trained_on_unsampled, infer(spark, config, split="sampled")
+
+
 def predictions(spark, config) -> pd.DataFrame:
     return spark.table(Catalog.from_config(config).name(Table.PREDICTIONS)).toPandas()
 
@@ -127,18 +143,20 @@ def test_train_logs_and_registers_the_model(spark, config, tables, trained) -> N
     assert listed[0]["stage"] == "train" and listed[0]["split"] == "sampled"
 
 
-def test_infer_writes_one_prediction_per_unsampled_row(spark, config, tables, trained) -> None:
+def test_infer_writes_one_prediction_per_unsampled_row(spark, config, tables, trained, unsampled_predicted) -> None:
     from mlflow import MlflowClient
 
     from dqe.infer import infer
 
-    result = infer(spark, config)
+    result = unsampled_predicted
     assert result["model_uri"] == trained["model_uri"]  # the alias, pinned to its version
-    table = predictions(spark, config)
+    whole = predictions(spark, config)
+    assert whole["row_id"].is_unique
+    table = whole[whole["split"] == "unsampled"]
     unsampled = tables["selection"].query("split == 'unsampled'")
     assert len(table) == len(unsampled) == result["rows"]
-    assert set(table["row_id"]) == set(unsampled["row_id"]) and table["row_id"].is_unique
-    assert (table["split"] == "unsampled").all() and (table["model_uri"] == trained["model_uri"]).all()
+    assert set(table["row_id"]) == set(unsampled["row_id"])
+    assert (table["model_uri"] == trained["model_uri"]).all()
     assert (table["training_run_id"] == trained["mlflow_run_id"]).all()
 
     truth = tables["clean"].set_index("row_id")["label"]
@@ -157,18 +175,15 @@ def test_infer_writes_one_prediction_per_unsampled_row(spark, config, tables, tr
     assert metrics["unsampled_instruction_following_rate"] == 1.0
 
     again = infer(spark, config)  # re-running replaces the split's rows, never duplicates them
-    assert again["version"] > result["version"] and len(predictions(spark, config)) == len(unsampled)
+    after = predictions(spark, config)
+    assert again["version"] > result["version"] and after["row_id"].is_unique
+    assert (after["split"] == "unsampled").sum() == len(unsampled)
 
 
-def test_both_directions_give_every_row_one_prediction(spark, config, tables, trained) -> None:
-    from dqe.infer import infer
-    from dqe.train import train
-
-    other = train(spark, config, split="unsampled")
+def test_both_directions_give_every_row_one_prediction(spark, config, tables, trained, both_directions) -> None:
+    other, result = both_directions
     assert other["train_rows"] == ROWS - ROWS // 2 and other["model_version"] != trained["model_version"]
-    infer(spark, config, split="unsampled")
-    result = infer(spark, config, split="sampled")  # default model: the one trained on unsampled
-    assert result["model_uri"] == other["model_uri"]
+    assert result["model_uri"] == other["model_uri"]  # by default a split is predicted by the other's model
 
     table = predictions(spark, config)
     assert len(table) == ROWS and table["row_id"].is_unique
@@ -179,11 +194,21 @@ def test_both_directions_give_every_row_one_prediction(spark, config, tables, tr
     assert list(model_of_split["unsampled"]) == [trained["model_uri"]]
 
 
-def test_a_new_selection_drops_predictions_of_the_old_one(spark, config, tables, trained) -> None:
+def test_spark_inference_matches_the_model_in_process(spark, config, tables, trained, unsampled_predicted) -> None:
+    import mlflow
+
+    table = predictions(spark, config).query(f"model_uri == '{trained['model_uri']}'").set_index("row_id")
+    rows = tables["clean"].set_index("row_id").loc[table.index]
+    local = mlflow.pyfunc.load_model(trained["model_uri"]).predict(pd.DataFrame({"text": rows["text"].tolist()}))
+    # In process the texts are embedded again; the stage passed the stored vectors: the same model and vectors.
+    assert local["predicted_label"].tolist() == table["predicted_label"].tolist()
+    np.testing.assert_allclose(local["confidence"].to_numpy(), table["confidence"].to_numpy(), atol=1e-4)
+
+
+def test_a_new_selection_drops_predictions_of_the_old_one(spark, config, tables, both_directions) -> None:
     from dqe.infer import infer
 
-    infer(spark, config, split="sampled", model_uri=trained["model_uri"])
-    infer(spark, config, split="unsampled")
+    assert set(predictions(spark, config)["split"]) == {"sampled", "unsampled"}
     flipped = tables["selection"].assign(
         split=tables["selection"]["split"].map({"sampled": "unsampled", "unsampled": "sampled"})
     )
@@ -196,20 +221,6 @@ def test_a_new_selection_drops_predictions_of_the_old_one(spark, config, tables,
         assert set(table["row_id"]) == set(flipped.query("split == 'unsampled'")["row_id"])
     finally:
         write_selection(spark, config, tables["selection"])
-
-
-def test_spark_inference_matches_the_model_in_process(spark, config, tables, trained) -> None:
-    import mlflow
-
-    from dqe.infer import infer
-
-    infer(spark, config)
-    table = predictions(spark, config).query("split == 'unsampled'").set_index("row_id")
-    rows = tables["clean"].set_index("row_id").loc[table.index]
-    local = mlflow.pyfunc.load_model(trained["model_uri"]).predict(pd.DataFrame({"text": rows["text"].tolist()}))
-    # In process the texts are embedded again; the stage passed the stored vectors: the same model and vectors.
-    assert local["predicted_label"].tolist() == table["predicted_label"].tolist()
-    np.testing.assert_allclose(local["confidence"].to_numpy(), table["confidence"].to_numpy(), atol=1e-4)
 
 
 def test_stage_errors_are_clear(spark, config, tables, trained, make_config) -> None:
