@@ -10,6 +10,9 @@ the shared data sets (all-MiniLM-L6-v2, cached under ``bench/.cache/``) and rand
 
     .venv/bin/python bench/select_bench.py            # full run (about 20 minutes on two cores)
     .venv/bin/python bench/select_bench.py --quick    # smoke run (seconds)
+
+Timings are only comparable within one run: the script times both baselines next to the pruned method and
+records the machine load, because on a busy two-core machine multi-threaded BLAS slows down erratically.
 """
 
 from __future__ import annotations
@@ -135,7 +138,12 @@ def validity(vectors: np.ndarray, order: np.ndarray, criterion: str) -> dict:
 
 
 def naive_estimate(vectors: np.ndarray, k: int, criterion: str, prefix_picks: int) -> dict:
-    """Time (A) on its first picks; extrapolate linearly per pick to all k - 1 picks."""
+    """Time (A) on its first picks; extrapolate linearly per pick to all k - 1 picks.
+
+    Naive k-center recomputes the distances to every selected row, so its cost per pick grows with the number
+    selected: it is timed on the first half of the prefix as well, and a per-pick cost linear in that number
+    (fitted to the two halves) gives a second, more realistic estimate.
+    """
     picks = min(prefix_picks, k - 1)
     _, seconds = timed(naive_greedy, vectors, picks + 1, criterion, 0)
     estimate = {
@@ -144,10 +152,16 @@ def naive_estimate(vectors: np.ndarray, k: int, criterion: str, prefix_picks: in
         "seconds": round(seconds / picks * (k - 1), 2),
         "method": f"measured on the first {picks} picks, extrapolated linearly per pick to {k - 1} picks",
     }
-    if criterion == "kcenter":
+    if criterion == "kcenter" and picks >= 4:
+        half = picks // 2
+        _, first_half = timed(naive_greedy, vectors, half + 1, criterion, 0)
+        early, late = first_half / half, max(seconds - first_half, 0.0) / (picks - half)
+        growth = max(late - early, 0.0) / (picks / 2)  # extra seconds per pick for each selected row
+        base = early - growth * half / 2
+        estimate["seconds_cost_model"] = round((k - 1) * base + growth * (k - 1) * k / 2, 1)
         estimate["note"] = (
-            "naive k-center cost per pick grows with the number of selected rows, so the linear extrapolation "
-            "from the first picks is a lower bound"
+            "naive k-center costs more per pick as the selection grows: the linear extrapolation (used for the "
+            "ratio) is a lower bound; seconds_cost_model fits a per-pick cost linear in the number selected"
         )
     return estimate
 
@@ -191,14 +205,18 @@ def run_case(data: str, vectors: np.ndarray, criterion: str, prefix_picks: int, 
 
 
 def machine() -> dict:
-    import numpy
+    from threadpoolctl import threadpool_info
 
     return {
         "python": platform.python_version(),
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "blas": [
+            {key: pool.get(key) for key in ("internal_api", "version", "num_threads", "architecture")}
+            for pool in threadpool_info()
+            if pool.get("user_api") == "blas"
+        ],
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -211,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criteria", nargs="*", default=["centroid", "kcenter"])
     parser.add_argument("--naive-picks", type=int, default=None, help="picks of (A) to time (default 200)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--blas-threads", type=int, help="limit BLAS threads (both methods alike)")
     args = parser.parse_args(argv)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
     sizes = args.sizes or ([1000, 3000] if args.quick else [5000, 20000, 50000])
     prefix_picks = args.naive_picks or (20 if args.quick else 200)
     datasets = ("real", "random") if args.data == "both" else (args.data,)

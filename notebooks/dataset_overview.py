@@ -50,6 +50,7 @@ def _show(obj, n: int = 20) -> None:
 display = globals().get("display") or _show
 
 from dqe.catalog import Catalog, Table  # noqa: E402
+from dqe.cli import STAGES  # noqa: E402
 from dqe.config import load_config  # noqa: E402
 from dqe.spark import get_spark  # noqa: E402
 
@@ -83,7 +84,7 @@ if not present:
     raise RuntimeError(f"no dqe table in {catalog.namespace}: run the pipeline first (dqe run / the bundle's job)")
 # one query for all counts (one Spark job instead of one per table)
 counted = spark.sql(
-    " UNION ALL ".join(f"SELECT '{table.value}' AS table, count(*) AS rows FROM {catalog.name(table)}" for table in present)
+    " UNION ALL ".join(f"SELECT '{t.value}' AS table, count(*) AS rows FROM {catalog.name(t)}" for t in present)
 ).toPandas()
 table_counts = pd.DataFrame({"table": [t.value for t in present], "name": [catalog.name(t) for t in present]}).merge(
     counted, on="table"
@@ -105,9 +106,7 @@ if exists(Table.RUNS):
         )
         .toPandas()
     )
-    stage_order = {stage: i for i, stage in enumerate(
-        ["ingest", "clean", "embed", "select", "train", "infer", "triage", "curate", "evaluate", "report"]
-    )}
+    stage_order = {stage: i for i, stage in enumerate(STAGES)}
     stage_runs = stage_runs.sort_values("stage", key=lambda s: s.map(stage_order).fillna(99)).reset_index(drop=True)
 else:
     stage_runs = pd.DataFrame(columns=["stage", "status", "started_at", "seconds", "message"])
@@ -124,15 +123,22 @@ quarantine = spark.table(catalog.name(Table.QUARANTINE))
 quarantine_reasons = quarantine.groupBy("reason").count().orderBy(F.col("count").desc(), "reason").toPandas()
 display(quarantine_reasons)
 
-duplicates = quarantine.where("reason = 'duplicate'")
-duplicate_summary = {
-    "duplicate_rows": duplicates.count(),
-    "duplicate_clusters": duplicates.select("duplicate_of").distinct().count(),
-}
+duplicate_summary = (
+    quarantine.where("reason = 'duplicate'")
+    .agg(F.count(F.lit(1)).alias("duplicate_rows"), F.countDistinct("duplicate_of").alias("duplicate_clusters"))
+    .first()
+    .asDict()
+)
 if exists(Table.NEAR_DUPLICATES):
-    near = spark.table(catalog.name(Table.NEAR_DUPLICATES))
-    duplicate_summary["near_duplicate_pairs"] = near.count()
-    duplicate_summary["near_duplicate_pairs_label_conflict"] = near.where(~F.col("same_label")).count()
+    duplicate_summary.update(
+        spark.table(catalog.name(Table.NEAR_DUPLICATES))
+        .agg(
+            F.count(F.lit(1)).alias("near_duplicate_pairs"),
+            F.count_if(~F.col("same_label")).alias("near_duplicate_pairs_label_conflict"),
+        )
+        .first()
+        .asDict()
+    )
 print(duplicate_summary)
 
 label_distribution = (

@@ -164,7 +164,14 @@ output_dir = Path(param("output_dir", "", "Plot folder") or config.storage.work_
 output_dir.mkdir(parents=True, exist_ok=True)
 fig, ax = plt.subplots(figsize=(6, 4))
 errors = [evaluation["accuracy"] - evaluation["ci_low"], evaluation["ci_high"] - evaluation["accuracy"]]
-ax.bar(evaluation["variant"], evaluation["accuracy"], yerr=errors, capsize=6, color=["tab:gray", "tab:green", "tab:blue"][: len(evaluation)])
+colors = {"full": "tab:gray", "curated": "tab:green", "random": "tab:blue"}
+ax.bar(
+    evaluation["variant"],
+    evaluation["accuracy"],
+    yerr=errors,
+    capsize=6,
+    color=[colors.get(v, "tab:purple") for v in evaluation["variant"]],
+)
 ax.set_ylim(max(0.0, float(evaluation["ci_low"].min()) - 0.05), min(1.0, float(evaluation["ci_high"].max()) + 0.02))
 ax.set_ylabel("test accuracy (95% bootstrap interval)")
 ax.set_title(f"{config.dataset.name}: full vs curated vs random")

@@ -63,7 +63,7 @@ TRIAGE_SCHEMA = (
 @dataclass
 class Tables:
     config: DqeConfig
-    overrides: list[str]  # everything that distinguishes this config from conf/default.yaml + dataset cr
+    overrides: list[str]  # the config overrides that lead a notebook (DQE_OVERRIDES) to these tables
     clean: pd.DataFrame  # row_id order; with split, vector position = index
     quarantine: pd.DataFrame
     near_duplicates: pd.DataFrame
@@ -278,7 +278,8 @@ def sample_reviews(triage: pd.DataFrame) -> pd.DataFrame:
             (r["row_id"], "alice", "relabel" if mislabelled else "keep", r["judge_label"] if mislabelled else None,
              "follows the judge", start + timedelta(minutes=i))
         )
-        rows.append((r["row_id"], "bob", "drop", None, "drops every flagged row", start + timedelta(hours=1, minutes=i)))
+        later = start + timedelta(hours=1, minutes=i)
+        rows.append((r["row_id"], "bob", "drop", None, "drops every flagged row", later))
     first = noisy.iloc[0]
     rows.append((first["row_id"], "bob", "keep", None, "first look", start - timedelta(days=1)))
     return pd.DataFrame(rows, columns=["row_id", "reviewer", "verdict", "new_label", "note", "reviewed_at"])

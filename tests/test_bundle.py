@@ -319,8 +319,14 @@ def test_schedule_paused_in_dev_only(pipeline):
 
 
 def test_gpu_stages_run_on_the_l40s_cluster(pipeline):
-    _, job = pipeline
+    target, job = pipeline
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
+    for key, cluster in clusters.items():
+        # dqe runs from the wheel, which holds no conf/: the project root is the bundle's files folder
+        root = cluster["spark_env_vars"]["DQE_PROJECT_ROOT"]
+        assert root == FILE_PATH.format(target=target), key
+        assert local_path(f"{root}/conf/datasets/cr.yaml", target).is_file()
+        assert cluster["data_security_mode"] == "SINGLE_USER", "Unity Catalog + ML runtime need dedicated mode"
 
     def is_gpu(cluster: dict[str, Any]) -> bool:
         return "gpu-ml" in cluster["spark_version"]

@@ -129,6 +129,25 @@ def test_missing_embeddings_are_a_clear_error(spark, small, make_config):
         select(spark, other)
 
 
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [(lambda v: [float("nan")] + v[1:], "contain NaN"), (lambda v: v[:-1], "different dimensions")],
+)
+def test_bad_vectors_are_a_clear_error(spark, small, make_config, corrupt, message):
+    config = small[0]
+    other = make_config("sst2", f"dataset.train.path={small[2]}")
+    catalog, source = Catalog.from_config(other), Catalog.from_config(config)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {catalog.namespace}")
+    spark.table(source.name(Table.CLEAN)).write.format("delta").saveAsTable(catalog.name(Table.CLEAN))
+    vectors = spark.table(source.name(Table.EMBEDDINGS)).toPandas()
+    vectors.at[0, "vector"] = corrupt(list(vectors.at[0, "vector"]))
+    spark.createDataFrame(vectors, spark.table(source.name(Table.EMBEDDINGS)).schema).write.format("delta").saveAsTable(
+        catalog.name(Table.EMBEDDINGS)
+    )
+    with pytest.raises(InputError, match=message):
+        select(spark, other)
+
+
 def test_largest_remainder_sums_and_bounds():
     assert largest_remainder(5, [3, 3, 3]) == [2, 2, 1]
     assert sum(largest_remainder(50, [33, 33, 34])) == 50

@@ -137,6 +137,14 @@ def test_near_isotropic_data_stays_valid(criterion):
 
 
 @pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize(("dtype", "scale"), [(np.float32, 1e-3), (np.float64, 1e3)])
+def test_rows_of_any_length_and_scale(criterion, dtype, scale):
+    lengths = np.random.default_rng(0).uniform(0.2, 3.0, size=(3000, 1))
+    rows = (embedding_like(3000, 32, seed=8) * lengths * scale).astype(dtype)
+    check_trace(rows, greedy_select(rows, 2000, criterion, start=3), criterion)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
 def test_other_input_types(criterion):
     integers = np.random.default_rng(0).integers(-5, 6, size=(60, 4))
     integers[7] = 0  # a zero vector is an ordinary point

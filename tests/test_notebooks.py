@@ -157,7 +157,9 @@ def test_triage_explorer_rejects_a_label_outside_the_label_set(spark, tables, ov
 
 
 def test_dataset_overview(spark, tables, overrides, monkeypatch, tmp_path):
-    ns = run_notebook("dataset_overview.py", spark, monkeypatch, dataset="cr", overrides=overrides, output_dir=str(tmp_path))
+    ns = run_notebook(
+        "dataset_overview.py", spark, monkeypatch, dataset="cr", overrides=overrides, output_dir=str(tmp_path)
+    )
 
     counts = ns["table_counts"].set_index("table")["rows"]
     assert counts["clean"] == len(tables.clean)
@@ -185,7 +187,8 @@ def test_dataset_overview(spark, tables, overrides, monkeypatch, tmp_path):
     assert everything["chamfer"] == pytest.approx(chamfer_distance_score(tables.vectors).value, abs=1e-6)
     sampled = tables.vectors[(tables.clean["split"] == "sampled").to_numpy()]
     assert diversity.loc["split = sampled", "rows"] == len(sampled)
-    assert diversity.loc["split = sampled", "remote_clique"] == pytest.approx(remote_clique_score(sampled).value, abs=1e-6)
+    expected_clique = remote_clique_score(sampled).value
+    assert diversity.loc["split = sampled", "remote_clique"] == pytest.approx(expected_clique, abs=1e-6)
 
     plot = ns["overview_plot"]
     assert plot.parent == tmp_path and plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 10_000
@@ -227,11 +230,11 @@ def test_run_comparison(spark, tables, overrides, monkeypatch, tmp_path):
         assert float(params.loc["linear_c", column]) == c
     assert set(ns["run_overview"]["split"]) == {"sampled", "unsampled"}
 
-    evaluation = tables.evaluation.set_index("variant")
+    full, curated = (tables.evaluation.set_index("variant").loc[v] for v in ("full", "curated"))
     comparison = ns["accuracy_comparison"]
-    assert comparison["accuracy_gain"] == pytest.approx(evaluation.loc["curated", "accuracy"] - evaluation.loc["full", "accuracy"])
-    assert comparison["row_fraction"] == pytest.approx(evaluation.loc["curated", "rows"] / evaluation.loc["full", "rows"])
-    assert comparison["p_mcnemar_vs_full"] == pytest.approx(evaluation.loc["curated", "p_mcnemar_vs_full"])
+    assert comparison["accuracy_gain"] == pytest.approx(curated["accuracy"] - full["accuracy"])
+    assert comparison["row_fraction"] == pytest.approx(curated["rows"] / full["rows"])
+    assert comparison["p_mcnemar_vs_full"] == pytest.approx(curated["p_mcnemar_vs_full"])
     assert list(ns["evaluation"]["variant"]) == ["full", "curated", "random"]
     plot = ns["comparison_plot"]
     assert plot.read_bytes()[:8] == PNG_MAGIC and plot.parent == tmp_path

@@ -18,9 +18,7 @@ from dqe.errors import InputError, StageError  # noqa: E402
 from dqe.lakehouse import ensure_schema, table_version, write_table  # noqa: E402
 
 ROWS = 240
-SELECTION_SCHEMA = (
-    "row_id string, label string, split string, partition int, rank int, criterion string, run_id string"
-)
+SELECTION_SCHEMA = "row_id string, label string, split string, partition int, rank int, criterion string, run_id string"
 
 
 def write_selection(spark, config, selection: pd.DataFrame) -> None:

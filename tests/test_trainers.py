@@ -392,9 +392,7 @@ def test_pyfunc_through_spark_udf_keeps_unparsable_outputs(spark, tiny_chat_mode
     loaded = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"text": texts}))
     predict = mlflow.pyfunc.spark_udf(spark, info.model_uri, result_type=SPARK_RESULT_TYPE, env_manager="local")
     frame = spark.createDataFrame(pd.DataFrame({"i": range(len(texts)), "text": texts}))
-    through_spark = (
-        frame.withColumn("p", predict(F.struct("text"))).select("i", "p.*").orderBy("i").toPandas()
-    )
+    through_spark = frame.withColumn("p", predict(F.struct("text"))).select("i", "p.*").orderBy("i").toPandas()
     for result in (loaded, through_spark):
         assert [None if pd.isna(v) else v for v in result["predicted_label"]] == in_process.labels
         assert result["raw_output"].tolist() == in_process.raw_output

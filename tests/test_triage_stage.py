@@ -140,3 +140,79 @@ def test_missing_predictions_are_a_clear_error(spark, built, make_config):
     spark.table(source.name(Table.PREDICTIONS)).limit(10).write.format("delta").saveAsTable(catalog.name(Table.PREDICTIONS))
     with pytest.raises(InputError, match=r"triage \(forward\) needs a prediction for every unsampled row"):
         triage(spark, other)
+
+
+class _RelabelToNeighbourServer:
+    """An OpenAI-compatible chat-completions server that always says example A is mislabelled and gives it B's label."""
+
+    def __init__(self) -> None:
+        import json
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        counter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                counter.requests += 1
+                label_b = re.findall(r"^Label: (.*)$", body["messages"][-1]["content"], re.MULTILINE)[1]
+                content = json.dumps({"verdict": "a", "label": label_b, "reason": "B's label fits"})
+                data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_judge_verdicts_are_cached_in_delta_and_drive_relabelling(spark, built, make_config, monkeypatch):
+    config = built[0]
+    server = _RelabelToNeighbourServer()
+    monkeypatch.setenv("DQE_TEST_JUDGE_KEY", "secret-test-key")
+    try:
+        judged = make_config(
+            "trec",
+            "triage.judge.enabled=true",
+            f"triage.judge.base_url={server.base_url}",
+            "triage.judge.api_key_env=DQE_TEST_JUDGE_KEY",
+            "triage.judge.backoff_s=0",
+            "triage.noisy_policy=relabel",
+            schema=config.schema,
+        )
+        triage(spark, judged)
+        catalog = Catalog.from_config(judged)
+        noisy = _triage_table(spark, judged).query("category == 'noisy' and direction == 'forward'")
+        assert len(noisy) > 0 and server.requests > 0
+        assert (noisy["judge_verdict"] == "a").all()
+        assert (noisy["judge_label"] == noisy["neighbor_label"]).all()
+        assert spark.table(catalog.name(Table.JUDGE_CACHE)).count() == server.requests
+        before = server.requests
+        triage(spark, judged)
+        assert server.requests == before  # every verdict came from the Delta cache
+        curate(spark, judged)
+        curation = spark.table(catalog.name(Table.CURATION)).toPandas().set_index("row_id")
+        relabelled = curation.loc[noisy["row_id"]]
+        assert set(relabelled["fate"]) <= {"relabelled", "relabel_conflict"}
+        ok = relabelled[relabelled["fate"] == "relabelled"]
+        assert len(ok) > 0 and (ok["label"] == noisy.set_index("row_id").loc[ok.index, "neighbor_label"]).all()
+        assert "secret-test-key" not in spark.table(catalog.name(Table.JUDGE_CACHE)).toPandas().to_string()
+    finally:
+        server.close()

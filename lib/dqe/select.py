@@ -186,9 +186,14 @@ def select(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
         missing = rows.where(F.col("vector").isNull()).count()
         if missing:
             raise InputError(f"{missing} clean rows have no current embedding for model {model_name}: run dqe embed")
-        bad = rows.where(F.exists("vector", lambda x: F.isnan(x))).count()
-        if bad:
-            raise InputError(f"{bad} embeddings contain NaN: re-run dqe embed")
+        checks = rows.agg(
+            F.sum(F.exists("vector", lambda x: F.isnan(x)).cast("int")).alias("nan_rows"),
+            F.collect_set(F.size("vector")).alias("dims"),
+        ).first()
+        if checks["nan_rows"]:
+            raise InputError(f"{checks['nan_rows']} embeddings contain NaN: re-run dqe embed")
+        if len(checks["dims"]) > 1:
+            raise InputError(f"embeddings have different dimensions {sorted(checks['dims'])}: re-run dqe embed")
         selection = select_frame(spark, rows.drop("h"), cfg).select(
             "*", F.lit(cfg.criterion).alias("criterion"), F.lit(run.run_id).alias("run_id")
         )

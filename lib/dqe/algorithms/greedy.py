@@ -62,19 +62,19 @@ def _as_matrix(vectors: Any, name: str = "vectors") -> np.ndarray:
     Raises ``ValueError`` naming the problem: not 2-D, ragged rows, empty, non-numeric, NaN or infinity.
     """
     if _is_torch_tensor(vectors):
-        vectors = vectors.detach().cpu().numpy()
+        tensor = vectors.detach().cpu()
+        vectors = (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()  # numpy has no bf16
     try:
         array = np.asarray(vectors)
     except ValueError as error:  # numpy refuses nested sequences of different lengths
         raise ValueError(f"{name} must be a 2-D array (n_rows, n_dims); its rows have different lengths") from error
-    if array.dtype == object:
-        rows = [np.asarray(row) for row in array.reshape(-1)] if array.ndim == 1 else None
-        if rows is not None and len({row.shape for row in rows}) > 1:
+    if array.dtype == object:  # e.g. an array of per-row arrays
+        if array.ndim == 1 and len({np.shape(row) for row in array}) > 1:
             raise ValueError(f"{name} must be a 2-D array (n_rows, n_dims); its rows have different lengths")
         try:
-            array = np.stack(rows).astype(np.float64) if rows else array.astype(np.float64)
+            array = np.array(array.tolist(), dtype=np.float64)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{name} must hold numbers; got an object array that is not numeric") from error
+            raise ValueError(f"{name} must hold real numbers; got an object array that is not numeric") from error
     if array.dtype.kind not in "fiub":
         raise ValueError(f"{name} must hold real numbers; got dtype {array.dtype}")
     if array.size == 0:
@@ -152,7 +152,7 @@ def greedy_select(
     if k == 1:
         return np.array([start], dtype=np.int64)
     selector = _CentroidSelector if criterion == "centroid" else _KCenterSelector
-    return selector(matrix, start).run(k)
+    return selector(matrix, start, k).run()
 
 
 def naive_greedy(vectors: Any, k: int, criterion: str = "centroid", start: int = 0) -> np.ndarray:
@@ -458,38 +458,40 @@ class _CentroidSelector:
 
     Rounding: the stored keys err by at most 6 units (every block's product errs by 3 units times |Δs|/max|x|,
     and the |Δs| add up to at most m·max|x|; the key doubles it and divides by m); the verification product adds
-    6 more, so outside rows are compared within a window of 12 units. The pool works in float64.
+    ``6·|Δs_j|/(m_j·max|x|)`` units. The pool works in float64.
     """
 
     MIN_BLOCK, MAX_BLOCK, SEGMENT, MIN_MARGIN = 8, 256, 32, 32
     # Where speculation keeps failing (near-isotropic data: every pick reshuffles the ranking) one matrix-vector
     # product per pick is cheapest; blocks are retried after this many picks (doubling while they keep failing).
-    INCREMENTAL_RUN = 128
+    INCREMENTAL_RUN = 64
 
-    def __init__(self, matrix: np.ndarray, start: int):
+    def __init__(self, matrix: np.ndarray, start: int, k: int):
         self.rows = rows = _Rows(matrix, extra=0.0)
+        self.k = k
         self.alive = np.ones(len(matrix), dtype=bool)
         self.alive[start] = False
         self.n_alive = len(matrix) - 1
         self.selected = [start]
         self.selected_sum = rows.exact64(np.array([start]))[0]
         self.dots = self._products(self.selected_sum)
+        self.max_norm = float(np.sqrt(rows.max_squared_norm))
         self.key_error = 6.0 * rows.unit
-        self.window = 12.0 * rows.unit
         self.pool_error = 8.0 * (rows.dim + 4) * _EPS64 * rows.max_squared_norm  # float64, worst case
         self.block, self.margin = self.MIN_BLOCK, self.MIN_MARGIN
-        self.incremental_until, self.incremental_run = 0, self.INCREMENTAL_RUN
+        self.incremental_until, self.incremental_run, self.poor_blocks = 0, self.INCREMENTAL_RUN, 0
+        self.verified_rows = 0  # rows the last block evaluated outside its pool
 
     def _products(self, vector: np.ndarray) -> np.ndarray:
         return (self.rows.work[:, : self.rows.dim] @ vector.astype(np.float32)).astype(np.float64)
 
-    def run(self, k: int) -> np.ndarray:
-        while len(self.selected) < k:
+    def run(self) -> np.ndarray:
+        while len(self.selected) < self.k:
             if len(self.selected) < self.incremental_until:
                 self._step_incremental()
             else:
-                self._step_block(k - len(self.selected))
-            if self.n_alive < 0.75 * len(self.alive) and len(self.alive) > 4096:
+                self._step_block(self.k - len(self.selected))
+            if self.n_alive < 0.85 * len(self.alive) and len(self.alive) > 4096:
                 self._compact()
         return np.array(self.selected, dtype=np.int64)
 
@@ -533,12 +535,14 @@ class _CentroidSelector:
         keys = self._keys(count0)
         pool_size = min(self.n_alive, want + self.margin)
         if pool_size < self.n_alive:
-            pool = np.sort(np.argpartition(keys, len(keys) - pool_size)[len(keys) - pool_size :])
+            pool = np.argpartition(keys, len(keys) - pool_size)[len(keys) - pool_size :]
+            # Rows tied with the smallest pool key join the pool: exact duplicates are never split.
+            pool = np.union1d(pool, np.flatnonzero(keys == keys[pool].min()))
         else:
             pool = np.flatnonzero(self.alive)
         picks, values, vectors = self._speculate(pool, want, count0)
-        failed_at, correction = len(picks), None
-        if pool_size < self.n_alive:
+        failed_at, correction, self.verified_rows = len(picks), None, 0
+        if len(pool) < self.n_alive:
             keys[pool] = -np.inf
             failed_at, correction = self._verify_outside(keys, picks, values, vectors, count0)
         accepted = [int(p) for p in picks[:failed_at]] + ([correction] if correction is not None else [])
@@ -546,13 +550,24 @@ class _CentroidSelector:
         if correction is None:
             self.block = min(2 * self.block, self.MAX_BLOCK) if want == self.block else self.block
             self.margin = max(self.MIN_MARGIN, self.margin // 2)
-            self.incremental_run = self.INCREMENTAL_RUN
         else:
             self.block = max(self.MIN_BLOCK, failed_at)
-            self.margin = min(2 * self.margin, 8 * self.MAX_BLOCK)
-            if len(accepted) < self.MIN_BLOCK:
-                self.incremental_until = len(self.selected) + self.incremental_run
-                self.incremental_run *= 2
+            # A larger pool helps only if the row that overtook was ranked just below it.
+            rank = int((keys > keys[correction]).sum())
+            if rank < 4 * len(pool):
+                self.margin = min(2 * self.margin, 8 * self.MAX_BLOCK)
+        # Rows read by the block (float64 pool rows count twice: once per speculative pick and for the gather)
+        # against the rows one matrix-vector product per accepted pick would read: where the ranking reshuffles
+        # at every pick, speculation does not pay.
+        block_reads = 2 * len(pool) * (len(picks) + 1) + self.verified_rows + len(keys)
+        poor = block_reads > 0.5 * len(accepted) * self.n_alive
+        self.poor_blocks = self.poor_blocks + 1 if poor else 0
+        if self.poor_blocks >= 2:
+            self.incremental_until = len(self.selected) + self.incremental_run
+            self.incremental_run *= 2
+            self.poor_blocks = 0
+        elif not poor:
+            self.incremental_run = self.INCREMENTAL_RUN
 
     def _speculate(self, pool: np.ndarray, want: int, count0: int):
         """Greedy inside the pool, in float64: picks (working positions), their keys and float64 vectors."""
@@ -584,15 +599,30 @@ class _CentroidSelector:
         partial_sums = np.zeros_like(vectors)  # row j: the sum of the picks before step j
         np.cumsum(vectors[:-1], axis=0, out=partial_sums[1:])
         candidates = self._threatening_rows(keys, values, partial_sums, counts)
+        self.verified_rows = candidates.size
         if candidates.size == 0:
             return n_steps, None
-        products = self.rows.work[candidates, : self.rows.dim] @ partial_sums.T.astype(np.float32)
+        probes = partial_sums.T.astype(np.float32)
+        if candidates.size > len(keys) // 4:  # most rows: multiplying them all beats gathering them
+            products = (self.rows.work[:, : self.rows.dim] @ probes)[candidates]
+        else:
+            products = self.rows.work[candidates, : self.rows.dim] @ probes
         step_keys = self.rows.squared_norms[candidates, None] - 2.0 / counts * (self.dots[candidates, None] + products)
-        for j in np.flatnonzero(step_keys.max(axis=0) >= values - self.window):
+        # Their error: the stored keys' budget, plus 3 units per product with Δs_j (doubled and divided by m_j).
+        sum_norms = np.sqrt(np.einsum("ij,ij->i", partial_sums, partial_sums))
+        errors = self.key_error + self.pool_error + 6.0 * self.rows.unit * sum_norms / (counts * self.max_norm)
+        best_keys = step_keys.max(axis=0)
+        for j in np.flatnonzero(best_keys >= values - errors):
+            near_local = np.flatnonzero(step_keys[:, j] >= values[j] - errors[j])
             selected_sum = self.selected_sum + partial_sums[j]
+            tolerance = 0.9 * 2.0 * RTOL * (values[j] + self._centroid_norm(counts[j], selected_sum))
+            if len(near_local) > _CROWDED and 2.0 * errors[j] <= tolerance:
+                # Many rows within rounding of the pick, and any of them is a valid pick: float32 decides.
+                if best_keys[j] <= values[j] + errors[j]:
+                    continue
+                return int(j), int(candidates[near_local[np.argmax(step_keys[near_local, j])]])
             exact = self._exact_keys(counts[j], selected_sum)
-            near = candidates[np.flatnonzero(step_keys[:, j] >= values[j] - self.window)]
-            winner, value = _best_by_exact(near, exact(near))
+            winner, value = _best_by_exact(candidates[near_local], exact(candidates[near_local]))
             pick_value = float(exact(picks[j : j + 1])[0])
             if value > pick_value or (value == pick_value and winner < picks[j]):
                 return int(j), winner
@@ -622,7 +652,7 @@ class _CentroidSelector:
             beta_low, beta_high = float(beta.min()), float(beta.max())
             rise = np.maximum(np.maximum(-low * beta_low, -low * beta_high), np.maximum(-high * beta_low, -high * beta_high))
             spread = float((across[segment] / counts[segment]).max())
-            bound = keys[positions] + 2.0 * rise + 2.0 * spread * across_rows + self.window
+            bound = keys[positions] + 2.0 * rise + 2.0 * spread * across_rows + self.key_error + self.pool_error
             return bound >= float(values[segment].min())
 
         candidates = np.flatnonzero(np.isfinite(keys))
@@ -652,12 +682,13 @@ class _KCenterSelector:
 
     POOL, CHUNK = 256, 4096
 
-    def __init__(self, matrix: np.ndarray, start: int):
+    def __init__(self, matrix: np.ndarray, start: int, k: int):
         self.rows = rows = _Rows(matrix, extra=1.0)
         n_rows, dim = matrix.shape
+        self.k = k
         self.error = 12.0 * rows.unit
-        self.centers = np.empty((n_rows, dim + 2), dtype=np.float32)  # rows [-2c, 1, |c|²] in pick order
-        self.center_positions = np.empty(n_rows, dtype=np.int64)  # input positions, in pick order
+        self.centers = np.empty((k, dim + 2), dtype=np.float32)  # rows [-2c, 1, |c|²] in pick order
+        self.center_positions = np.empty(k, dtype=np.int64)  # input positions, in pick order
         self.n_centers = 0
         self.nearest = np.full(n_rows, np.inf, dtype=np.float32)  # -inf once selected
         self.assigned = np.zeros(n_rows, dtype=np.int64)
@@ -675,14 +706,14 @@ class _KCenterSelector:
         self.nearest[working_position] = -np.inf
         self.n_alive -= 1
 
-    def run(self, k: int) -> np.ndarray:
-        while self.n_centers < k:
+    def run(self) -> np.ndarray:
+        while self.n_centers < self.k:
             first_center = self.n_centers
-            self._pick_block(k - self.n_centers)
+            self._pick_block(self.k - self.n_centers)
             self._update_all(first_center)
-            if self.n_alive < 0.75 * len(self.nearest) and len(self.nearest) > 4096:
+            if self.n_alive < 0.85 * len(self.nearest) and len(self.nearest) > 4096:
                 self._compact()
-        return self.center_positions[:k].copy()
+        return self.center_positions
 
     def _compact(self) -> None:
         keep = np.isfinite(self.nearest)

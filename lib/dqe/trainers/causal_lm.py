@@ -35,7 +35,9 @@ from dqe.trainers.base import Predictions, resolve_device
 from dqe.trainers.distributed import HuggingFaceTrainer, TrainingJob, TrainingParts
 
 SYSTEM_PROMPT = "You are a careful annotator. You classify texts and answer with a label name only."
-USER_PROMPT = "Classify the text into exactly one of these labels: {labels}.\nAnswer with the label only.\n\nText:\n{text}"
+USER_PROMPT = (
+    "Classify the text into exactly one of these labels: {labels}.\nAnswer with the label only.\n\nText:\n{text}"
+)
 IGNORED_LABEL_ID = -100
 # Generation may run a few tokens past the longest label, so that raw_output shows what the model said instead.
 EXTRA_NEW_TOKENS = 4
@@ -113,7 +115,9 @@ def parse_label(output: str, classes: Sequence[str]) -> str | None:
     named = [
         label for label in classes if re.search(rf"(?<!\w){re.escape(label.casefold())}(?!\w)", folded) is not None
     ]
-    named = [label for label in named if not any(label != other and label.casefold() in other.casefold() for other in named)]
+    named = [
+        label for label in named if not any(label != other and label.casefold() in other.casefold() for other in named)
+    ]
     return named[0] if len(named) == 1 else None
 
 

@@ -14,10 +14,13 @@ Every rank runs :func:`run_training_job`. Rank 0 writes the trained model, its t
 ``job.output_dir``; the caller loads them from there. Nothing comes back through the distributor's return value,
 which may come from a rank other than 0.
 
-With a DeepSpeed config the Hugging Face Trainer runs on the CPU with ``use_cpu=True`` (otherwise two processes
-fail the ``train_batch_size`` check) and ``average_tokens_across_devices=False`` (otherwise the reported loss is
-doubled). DeepSpeed compiles a native op on first use: ``TORCH_EXTENSIONS_DIR`` points at a cache under the work
-folder unless it is already set. ``train.batch_size`` is the batch per process.
+DeepSpeed configs (``conf/deepspeed/zero2.json``, ``zero3.json``) use "auto" values that the Hugging Face Trainer
+fills from the training arguments (batch sizes, gradient clipping, bf16 on GPUs that support it) and leave the
+optimizer and scheduler to the Trainer (torch AdamW, linear decay), so no optimizer op is compiled. On the CPU the
+Trainer runs with ``use_cpu=True`` (otherwise two processes fail the ``train_batch_size`` check) and
+``average_tokens_across_devices=False`` (otherwise the reported loss is doubled). DeepSpeed still compiles its
+shared-memory communication op on first use (minutes on two cores): ``TORCH_EXTENSIONS_DIR`` points at a cache under
+the work folder unless it is already set. ``train.batch_size`` is the batch per process.
 """
 
 from __future__ import annotations
@@ -88,9 +91,9 @@ def run_training_job(job: TrainingJob) -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", job.torch_extensions_dir)
-    if not job.use_gpu:
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if not job.use_gpu and ranks_here > 1:
         # Ranks on one machine share its cores; more threads per rank than cores only adds contention.
-        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
     try:
         # TrainingArguments come first: under ZeRO-3 they make from_pretrained partition weights while loading.

@@ -77,4 +77,6 @@ def training_parts(job: TrainingJob) -> TrainingParts:
         {**{key: values[i] for key, values in encodings.items()}, "labels": index[label]}
         for i, label in enumerate(job.labels)
     ]
-    return TrainingParts(model=model, tokenizer=tokenizer, examples=examples, collator=DataCollatorWithPadding(tokenizer))
+    return TrainingParts(
+        model=model, tokenizer=tokenizer, examples=examples, collator=DataCollatorWithPadding(tokenizer)
+    )

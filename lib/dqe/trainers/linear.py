@@ -7,7 +7,7 @@ out-of-fold predictions (scikit-learn's ``CalibratedClassifierCV(method="tempera
 ``confidence`` can be read as a probability when triage ranks rows by it.
 
 Texts without stored embeddings are embedded with the sentence-transformers model the stored ones came from
-(``embedding_model``, ``bundled`` = the offline all-MiniLM-L6-v2), normalised as the embed stage stores them.
+(``embedding_model``, ``bundled`` = the offline all-MiniLM-L6-v2) and L2-normalised, as the embed stage stores them.
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ REQUIRED_PACKAGES = (
 
 
 class DqeClassifierModel(mlflow.pyfunc.PythonModel):
-    """Loads the saved trainer once per process and predicts DataFrames of texts."""
+    """Loads the saved trainer when MLflow loads the model (once per Spark task through spark_udf); predicts
+    DataFrames of texts."""
 
     def load_context(self, context: Any) -> None:
         import torch
