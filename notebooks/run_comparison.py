@@ -8,8 +8,9 @@
 # MAGIC `random` of the curated size) with paired tests against `full`.
 # MAGIC
 # MAGIC **Parameters** (widgets on Databricks, `DQE_<NAME>` environment variables elsewhere): `dataset`, `config`,
-# MAGIC `overrides` (`section.key=value` separated by `;`), `max_runs`, `stage` (only runs of this dqe stage;
-# MAGIC empty for all), `output_dir` (where the plot is saved).
+# MAGIC `data_root` (on Databricks the volume holding the source files), `overrides` (`section.key=value` separated
+# MAGIC by `;`, e.g. `storage.schema=dev_<you>_dqe_{dataset};mlflow.experiment=/Users/<you>/dqe-dev` for a dev run),
+# MAGIC `max_runs`, `stage` (only runs of this dqe stage; empty for all), `output_dir` (where the plot is saved).
 
 # COMMAND ----------
 
@@ -54,11 +55,19 @@ from dqe.catalog import Catalog, Table  # noqa: E402
 from dqe.config import load_config  # noqa: E402
 from dqe.spark import get_spark  # noqa: E402
 
+on_databricks = dbutils is not None
 dataset = param("dataset", "cr", "Dataset")
-default_config = str(PROJECT_ROOT / "conf" / "databricks.yaml") if dbutils is not None else ""
-config_path = param("config", default_config, "Config file") or None
+config_path = param("config", str(PROJECT_ROOT / "conf" / "databricks.yaml") if on_databricks else "", "Config file")
+# the config checks that the dataset's source files exist: on Databricks they live in a volume
+data_root = param("data_root", "/Volumes/main/dqe/raw" if on_databricks else "", "Data root (volume)")
 overrides = [item.strip() for item in param("overrides", "", "Overrides (a.b=c;...)").split(";") if item.strip()]
-config = load_config(config_path, dataset=dataset, overrides=overrides)
+conf_dir = PROJECT_ROOT / "conf" if (PROJECT_ROOT / "conf").is_dir() else None  # also when dqe comes from a wheel
+config = load_config(
+    config_path or None,
+    dataset=dataset,
+    overrides=([f"data_root={data_root}"] if data_root else []) + overrides,
+    conf_dir=conf_dir,
+)
 spark = globals().get("spark") or get_spark(config)
 catalog = Catalog.from_config(config)
 print(f"dataset {config.dataset.name}: tables in {catalog.namespace}")

@@ -9,7 +9,8 @@
 # MAGIC
 # MAGIC **Parameters** (widgets on Databricks, `DQE_<NAME>` environment variables elsewhere):
 # MAGIC `dataset`, `config` (empty: `conf/databricks.yaml` on Databricks, `conf/default.yaml` elsewhere),
-# MAGIC `overrides` (`section.key=value` separated by `;`, e.g. `storage.catalog=main;storage.schema=dqe_{dataset}`),
+# MAGIC `data_root` (on Databricks the volume holding the source files), `overrides` (`section.key=value` separated
+# MAGIC by `;`, e.g. `storage.schema=dev_<you>_dqe_{dataset};mlflow.experiment=/Users/<you>/dqe-dev` for a dev run),
 # MAGIC `label_pair` (`label->neighbor_label`, empty for all), `min_similarity`, and to record a verdict:
 # MAGIC `review_row_id`, `reviewer` (default: the current user), `verdict` (`keep` / `drop` / `relabel`), `new_label`,
 # MAGIC `note`. Nothing is recorded while `review_row_id` is empty.
@@ -57,11 +58,19 @@ from dqe.catalog import Catalog, Table  # noqa: E402
 from dqe.config import load_config  # noqa: E402
 from dqe.spark import get_spark  # noqa: E402
 
+on_databricks = dbutils is not None
 dataset = param("dataset", "cr", "Dataset")
-default_config = str(PROJECT_ROOT / "conf" / "databricks.yaml") if dbutils is not None else ""
-config_path = param("config", default_config, "Config file") or None
+config_path = param("config", str(PROJECT_ROOT / "conf" / "databricks.yaml") if on_databricks else "", "Config file")
+# the config checks that the dataset's source files exist: on Databricks they live in a volume
+data_root = param("data_root", "/Volumes/main/dqe/raw" if on_databricks else "", "Data root (volume)")
 overrides = [item.strip() for item in param("overrides", "", "Overrides (a.b=c;...)").split(";") if item.strip()]
-config = load_config(config_path, dataset=dataset, overrides=overrides)
+conf_dir = PROJECT_ROOT / "conf" if (PROJECT_ROOT / "conf").is_dir() else None  # also when dqe comes from a wheel
+config = load_config(
+    config_path or None,
+    dataset=dataset,
+    overrides=([f"data_root={data_root}"] if data_root else []) + overrides,
+    conf_dir=conf_dir,
+)
 spark = globals().get("spark") or get_spark(config)
 catalog = Catalog.from_config(config)
 print(f"dataset {config.dataset.name}: tables in {catalog.namespace}")

@@ -26,7 +26,7 @@ NOTEBOOKS = ["triage_explorer.py", "dataset_overview.py", "run_comparison.py"]
 HEADER = "# Databricks notebook source\n"
 SEPARATOR = "\n# COMMAND ----------\n"
 PARAMETERS = (
-    "dataset", "config", "overrides", "label_pair", "min_similarity", "review_row_id", "reviewer", "verdict",
+    "dataset", "config", "data_root", "overrides", "label_pair", "min_similarity", "review_row_id", "reviewer", "verdict",
     "new_label", "note", "sample_size", "output_dir", "max_runs", "stage",
 )
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,7 +93,7 @@ def test_notebook_is_databricks_source(name):
         compile(source, name, "exec")
 
 
-def test_triage_explorer_shows_pairs_and_records_verdicts(spark, tables, overrides, monkeypatch, tmp_path):
+def test_triage_explorer_shows_pairs_and_records_verdicts(spark, tables, overrides, monkeypatch):
     triage = tables.triage
     noisy = triage[triage["category"] == "noisy"]
     text_of = tables.clean.set_index("row_id")["text"]
@@ -154,6 +154,45 @@ def test_triage_explorer_rejects_a_label_outside_the_label_set(spark, tables, ov
             overrides=overrides, review_row_id=row_id, reviewer="dave", verdict="relabel", new_label="neutral",
         )
     assert spark.table(tables.name(Table.REVIEWS)).count() == before
+
+
+class FakeWidgets:
+    """``dbutils.widgets`` as on Databricks: text() declares a widget with a default, get() returns its value."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values, self.declared = values, {}
+
+    def text(self, name: str, default: str, label: str | None = None) -> None:
+        self.declared[name] = default
+
+    def get(self, name: str) -> str:
+        assert name in self.declared, f"widget {name} read before it was declared"
+        return self.values.get(name, self.declared[name])
+
+
+def test_triage_explorer_with_databricks_globals(spark, tables, overrides, monkeypatch):
+    """The Databricks path: parameters from widgets (environment ignored), conf/databricks.yaml as the default
+    config, the volume as the default data root, and output through the global ``display``."""
+    widgets = FakeWidgets({"overrides": f"{overrides};storage.catalog=null", "min_similarity": "0.99"})
+    shown: list[Any] = []
+    namespace = {"spark": spark, "__name__": "__main__", "display": shown.append}
+    namespace["dbutils"] = type("DBUtils", (), {"widgets": widgets})()
+    monkeypatch.setenv("DQE_MIN_SIMILARITY", "0.0")  # must not win over the widget
+    ns = run_notebook(
+        "triage_explorer.py", spark, monkeypatch, namespace=namespace,
+        only=(SETUP_CELL, "label_pair = param(", "side_by_side = pairs"),
+    )
+    assert widgets.declared["config"].endswith("conf/databricks.yaml")
+    assert widgets.declared["data_root"] == "/Volumes/main/dqe/raw"
+    assert {"dataset", "label_pair", "min_similarity"} <= set(widgets.declared)
+    assert ns["config"].train.distributor == "spark"  # from conf/databricks.yaml
+    assert str(ns["config"].data_root) == "/Volumes/main/dqe/raw"
+    assert ns["catalog"].namespace == tables.catalog.namespace
+    noisy = tables.triage[tables.triage["category"] == "noisy"]
+    assert ns["min_similarity"] == 0.99
+    assert sorted(ns["pairs"].toPandas()["row_id"]) == sorted(noisy[noisy["similarity"] >= 0.99]["row_id"])
+    assert len(shown) == 2 and all(isinstance(frame, pd.DataFrame) for frame in shown)
+    assert list(shown[1].columns)[:3] == ["row_id", "label (row)", "row text"]
 
 
 def test_dataset_overview(spark, tables, overrides, monkeypatch, tmp_path):

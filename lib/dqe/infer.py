@@ -70,7 +70,7 @@ def infer(
     predictions_table = catalog.name(Table.PREDICTIONS)
 
     with stage_run(spark, catalog, f"infer_{split}", config.fingerprint("infer")) as run:
-        uses_vectors = model_info.metadata["backend"] == "linear"
+        uses_vectors = bool(model_info.metadata["accepts_embeddings"])
         rows = split_rows(spark, config, run, split, with_vectors=uses_vectors)
         selection_version = run.inputs[catalog.name(Table.SELECTION)]
         counts = rows.agg(F.count("*").alias("rows"), F.countDistinct("row_id").alias("ids")).collect()[0]

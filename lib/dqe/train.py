@@ -73,15 +73,6 @@ def train(spark: SparkSession, config: DqeConfig, split: str = "sampled") -> dic
     catalog = Catalog.from_config(config)
     backend = config.train.backend
     with stage_run(spark, catalog, f"train_{split}", config.fingerprint("train", "embed", "select")) as run:
-        rows = split_rows(spark, config, run, split, with_vectors=backend == "linear").orderBy("row_id").toPandas()
-        if rows.empty:
-            raise InputError(f"the {split!r} split has no clean rows to train on: run dqe select")
-        vectors = None
-        if backend == "linear":
-            missing = int(rows["vector"].isna().sum())
-            if missing:
-                raise InputError(f"{missing} {split} rows have no current embedding: run dqe embed")
-            vectors = rows["vector"]
         trainer = make_trainer(
             config.train,
             embedding_model=config.embed.model,
@@ -89,6 +80,13 @@ def train(spark: SparkSession, config: DqeConfig, split: str = "sampled") -> dic
             project_root=config.project_root,
             predict_batch_size=config.infer.batch_size,
         )
+        with_vectors = trainer.accepts_embeddings
+        rows = split_rows(spark, config, run, split, with_vectors).orderBy("row_id").toPandas()
+        if rows.empty:
+            raise InputError(f"the {split!r} split has no clean rows to train on: run dqe select")
+        if with_vectors and (missing := int(rows["vector"].isna().sum())):
+            raise InputError(f"{missing} {split} rows have no current embedding: run dqe embed")
+        vectors = rows["vector"] if with_vectors else None
 
         configure_mlflow(config)
         model_name = registered_model_name(config)
@@ -143,11 +141,10 @@ def train(spark: SparkSession, config: DqeConfig, split: str = "sampled") -> dic
 
 def _run_params(config: DqeConfig, split: str, rows: pd.DataFrame, run: StageRun) -> dict[str, Any]:
     params: dict[str, Any] = {f"train.{key}": value for key, value in config.train.model_dump(mode="json").items()}
-    if config.train.backend == "linear":
-        params["embed.model"] = config.embed.model
     params.update(
         {
             "split": split,
+            "embed.model": config.embed.model,
             "train_rows": len(rows),
             "n_classes": rows["label"].nunique(),
             **{f"input.{table}": version for table, version in run.inputs.items()},

@@ -115,7 +115,7 @@ def log_trainer(
     """Log ``trainer`` to the active MLflow run as a pyfunc (and register it when a name is given).
 
     Returns MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...). The metadata always holds
-    ``backend`` and ``classes``.
+    ``backend``, ``classes`` and ``accepts_embeddings`` (whether a ``vector`` column is used when given).
     """
     import dqe
 
@@ -129,6 +129,11 @@ def log_trainer(
             pip_requirements=pip_requirements(),
             code_paths=[str(Path(dqe.__file__).parent)],
             registered_model_name=registered_model_name,
-            metadata={"backend": trainer.backend, "classes": list(trainer.classes_), **(metadata or {})},
+            metadata={
+                "backend": trainer.backend,
+                "classes": list(trainer.classes_),
+                "accepts_embeddings": trainer.accepts_embeddings,
+                **(metadata or {}),
+            },
             model_config={**DEFAULT_MODEL_CONFIG, **(model_config or {})},
         )
