@@ -171,7 +171,4 @@ def is_current(spark: SparkSession, catalog: Catalog, stage: str, fingerprint: s
         return False
     recorded_inputs = last[0]["inputs"] or {}
     recorded_outputs = last[0]["outputs"] or {}
-    for name, version in {**recorded_inputs, **recorded_outputs}.items():
-        if table_version(spark, name) != version:
-            return False
-    return bool(recorded_outputs)
+    return all(table_version(spark, name) == version for name, version in {**recorded_inputs, **recorded_outputs}.items())
