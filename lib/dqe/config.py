@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dqe.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The folder holding conf/: the source checkout, or on Databricks (dqe imported from the wheel, which has no conf/)
+# the bundle's files folder named by DQE_PROJECT_ROOT.
+PROJECT_ROOT = Path(os.environ.get("DQE_PROJECT_ROOT") or Path(__file__).resolve().parents[2])
 DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
 
 
