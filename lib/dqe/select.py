@@ -187,11 +187,11 @@ def select(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
         if missing:
             raise InputError(f"{missing} clean rows have no current embedding for model {model_name}: run dqe embed")
         checks = rows.agg(
-            F.sum(F.exists("vector", lambda x: F.isnan(x)).cast("int")).alias("nan_rows"),
+            F.sum(F.exists("vector", lambda x: x.isNull() | F.isnan(x)).cast("int")).alias("nan_rows"),
             F.collect_set(F.size("vector")).alias("dims"),
         ).first()
         if checks["nan_rows"]:
-            raise InputError(f"{checks['nan_rows']} embeddings contain NaN: re-run dqe embed")
+            raise InputError(f"{checks['nan_rows']} embeddings contain NaN or null values: re-run dqe embed")
         if len(checks["dims"]) > 1:
             raise InputError(f"embeddings have different dimensions {sorted(checks['dims'])}: re-run dqe embed")
         selection = select_frame(spark, rows.drop("h"), cfg).select(
