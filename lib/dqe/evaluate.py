@@ -44,15 +44,9 @@ def fit_and_score(
     config: DqeConfig, train: pd.DataFrame, test: pd.DataFrame, test_vectors: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-example correctness and predictions on ``test`` of a trainer fitted on ``train``; seconds to fit."""
-    from dqe.trainers import make_trainer
+    from dqe.trainers import trainer_for
 
-    trainer = make_trainer(
-        config.train,
-        embedding_model=config.embed.model,
-        work_dir=config.storage.work_dir,
-        project_root=config.project_root,
-        predict_batch_size=config.infer.batch_size,
-    )
+    trainer = trainer_for(config)
     vectors = np.stack(train["vector"].to_numpy()) if config.train.backend == "linear" else None
     started = time.perf_counter()
     trainer.fit(train["text"].tolist(), train["label"].tolist(), vectors)

@@ -66,20 +66,14 @@ def train(spark: SparkSession, config: DqeConfig, split: str = "sampled") -> dic
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from dqe.trainers import make_trainer
+    from dqe.trainers import trainer_for
     from dqe.trainers.pyfunc import log_trainer
 
     check_split(split)
     catalog = Catalog.from_config(config)
     backend = config.train.backend
     with stage_run(spark, catalog, f"train_{split}", config.fingerprint("train", "embed", "select")) as run:
-        trainer = make_trainer(
-            config.train,
-            embedding_model=config.embed.model,
-            work_dir=config.storage.work_dir,
-            project_root=config.project_root,
-            predict_batch_size=config.infer.batch_size,
-        )
+        trainer = trainer_for(config)
         with_vectors = trainer.accepts_embeddings
         rows = split_rows(spark, config, run, split, with_vectors).orderBy("row_id").toPandas()
         if rows.empty:

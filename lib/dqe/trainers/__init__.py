@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dqe.config import PROJECT_ROOT, TrainConfig
+from dqe.config import DqeConfig, PROJECT_ROOT, TrainConfig
 from dqe.errors import ConfigError
 from dqe.trainers.base import Device, Predictions, TextClassifier, read_manifest
 from dqe.trainers.causal_lm import CausalLMTrainer
@@ -38,6 +38,7 @@ __all__ = [
     "load_trainer",
     "make_trainer",
     "resolve_deepspeed_config",
+    "trainer_for",
 ]
 
 
@@ -85,6 +86,17 @@ def make_trainer(
         predict_batch_size=predict_batch_size,
         work_dir=str(work_dir) if work_dir else None,
         device=device,
+    )
+
+
+def trainer_for(config: DqeConfig) -> TextClassifier:
+    """The configured trainer, unfitted, with the project's embedding model, work folder and batch size."""
+    return make_trainer(
+        config.train,
+        embedding_model=config.embed.model,
+        work_dir=config.storage.work_dir,
+        project_root=config.project_root,
+        predict_batch_size=config.infer.batch_size,
     )
 
 
