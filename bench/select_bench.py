@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "greedy selection, k = n/2, start 0, float32 input: pruned greedy_select vs (B) one matrix-vector "
             "product per pick vs (A) recompute all distances per pick; every output checked with check_trace"
         ),
+        "command": "bench/select_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "runs": [],
     }

@@ -388,24 +388,32 @@ _CROWDED = 64
 
 
 class _Rows:
-    """Float32 working rows ``[x, |x|², extra]`` (compacted as rows are selected) plus float64 access to the input.
+    """Float32 working rows (compacted as rows are selected) plus float64 access to the input.
 
-    The augmented layout lets one BLAS call return squared distances. ``original`` maps working positions to input
-    positions; compaction keeps it increasing, so the lowest working position is also the lowest input position
-    (the tie rule).
+    With ``extra`` each row is stored as ``[x, |x|², extra]``, so that one BLAS call returns squared distances;
+    without, the working rows are the input itself when it is float32 (no copy until the first compaction).
+    ``original`` maps working positions to input positions; compaction keeps it increasing, so the lowest working
+    position is also the lowest input position (the tie rule).
     """
 
-    def __init__(self, matrix: np.ndarray, extra: float):
+    def __init__(self, matrix: np.ndarray, extra: float | None = None):
         n_rows, dim = matrix.shape
         self.source, self.dim = matrix, dim
-        self.work = np.empty((n_rows, dim + 2), dtype=np.float32)
-        self.work[:, :dim] = matrix
         self.squared_norms = np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
-        self.work[:, dim] = self.squared_norms
-        self.work[:, dim + 1] = extra
+        if extra is None:
+            self.work = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
+        else:
+            self.work = np.empty((n_rows, dim + 2), dtype=np.float32)
+            self.work[:, :dim] = matrix
+            self.work[:, dim] = self.squared_norms
+            self.work[:, dim + 1] = extra
         self.original = np.arange(n_rows)
         self.max_squared_norm = float(self.squared_norms.max())
         self.unit = float(np.sqrt(dim + 4)) * _U32 * self.max_squared_norm
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.work[:, : self.dim]
 
     def exact64(self, positions: np.ndarray) -> np.ndarray:
         """Float64 copies of working rows, from the input (so float64 input keeps its full precision)."""
@@ -427,21 +435,22 @@ def _best_by_exact(candidates: np.ndarray, exact_values: np.ndarray) -> tuple[in
     return int(candidates[best]), float(exact_values[best])
 
 
-def _decide(positions: np.ndarray, approx: np.ndarray, error: float, exact, offset: float = 0.0):
+def _decide(positions: np.ndarray, approx: np.ndarray, error: float, exact, offset=lambda: 0.0):
     """The row to pick among ``positions`` (ascending) from values ``approx`` that err by at most ``error``.
 
     Returns ``(position, exact value or None)``. Rows within 2·error of the top may be the true best and are
     re-evaluated by ``exact(positions)`` (largest wins, lowest position among exact ties), unless they are many and
-    2·error is within the trace tolerance of the top (``offset`` turns a value into a squared distance): then the
-    float32 best (lowest position among equal values) is valid whichever row is truly best.
+    2·error is within the trace tolerance of the top (``offset()`` turns a value into a squared distance): then
+    the float32 best (lowest position among equal values) is valid whichever row is truly best.
     """
     best = int(np.argmax(approx))
     top = float(approx[best])
+    in_window = np.count_nonzero(approx >= top - 2.0 * error)
+    if in_window == 1:
+        return int(positions[best]), None
+    if in_window > _CROWDED and 2.0 * error <= 0.9 * 2.0 * RTOL * (top - error + offset()):
+        return int(positions[best]), None
     window = np.flatnonzero(approx >= top - 2.0 * error)
-    if len(window) == 1:
-        return int(positions[best]), None
-    if len(window) > _CROWDED and 2.0 * error <= 0.9 * 2.0 * RTOL * (top - error + offset):
-        return int(positions[best]), None
     return _best_by_exact(positions[window], exact(positions[window]))
 
 
@@ -465,25 +474,31 @@ class _CentroidSelector:
     # Where speculation keeps failing (near-isotropic data: every pick reshuffles the ranking) one matrix-vector
     # product per pick is cheapest; blocks are retried after this many picks (doubling while they keep failing).
     INCREMENTAL_RUN = 64
+    PICK_OVERHEAD = 2000  # interpreter time per pick, in rows read
 
     def __init__(self, matrix: np.ndarray, start: int, k: int):
-        self.rows = rows = _Rows(matrix, extra=0.0)
+        self.rows = rows = _Rows(matrix)
         self.k = k
-        self.alive = np.ones(len(matrix), dtype=bool)
-        self.alive[start] = False
-        self.n_alive = len(matrix) - 1
         self.selected = [start]
         self.selected_sum = rows.exact64(np.array([start]))[0]
-        self.dots = self._products(self.selected_sum)
+        self.products = np.empty(len(matrix), dtype=np.float32)
+        self.dots = np.zeros(len(matrix))  # +inf once selected, so that the key is -inf
+        self._add_products(self.selected_sum)
+        self.dots[start] = np.inf
+        self.n_alive = len(matrix) - 1
         self.max_norm = float(np.sqrt(rows.max_squared_norm))
         self.key_error = 6.0 * rows.unit
         self.pool_error = 8.0 * (rows.dim + 4) * _EPS64 * rows.max_squared_norm  # float64, worst case
         self.block, self.margin = self.MIN_BLOCK, self.MIN_MARGIN
         self.incremental_until, self.incremental_run, self.poor_blocks = 0, self.INCREMENTAL_RUN, 0
         self.verified_rows = 0  # rows the last block evaluated outside its pool
+        self.positions = np.arange(len(matrix))  # all working positions, for the incremental step
 
-    def _products(self, vector: np.ndarray) -> np.ndarray:
-        return (self.rows.work[:, : self.rows.dim] @ vector.astype(np.float32)).astype(np.float64)
+    def _add_products(self, vector: np.ndarray) -> None:
+        """``dots += X @ vector``: the one matrix-vector product over all working rows."""
+        products = self.products[: len(self.dots)]
+        np.matmul(self.rows.vectors, vector.astype(np.float32), out=products)
+        self.dots += products
 
     def run(self) -> np.ndarray:
         while len(self.selected) < self.k:
@@ -491,18 +506,18 @@ class _CentroidSelector:
                 self._step_incremental()
             else:
                 self._step_block(self.k - len(self.selected))
-            if self.n_alive < 0.85 * len(self.alive) and len(self.alive) > 4096:
+            if self.n_alive < 0.85 * len(self.dots) and len(self.dots) > 4096:
                 self._compact()
         return np.array(self.selected, dtype=np.int64)
 
     def _compact(self) -> None:
-        keep = self.alive
+        keep = np.isfinite(self.dots)
         self.rows.keep(keep)
-        self.dots, self.alive = self.dots[keep], self.alive[keep]
+        self.dots = self.dots[keep]
 
     def _keys(self, count: int) -> np.ndarray:
-        keys = self.rows.squared_norms - (2.0 / count) * self.dots
-        keys[~self.alive] = -np.inf
+        keys = np.multiply(self.dots, -2.0 / count)
+        keys += self.rows.squared_norms
         return keys
 
     def _exact_keys(self, count: int, selected_sum: np.ndarray):
@@ -517,16 +532,22 @@ class _CentroidSelector:
     def _accept(self, positions: list[int]) -> None:
         added = self.rows.exact64(np.array(positions)).sum(axis=0)
         self.selected.extend(int(p) for p in self.rows.original[positions])
-        self.alive[positions] = False
+        self.dots[positions] = np.inf
         self.n_alive -= len(positions)
         self.selected_sum += added
-        self.dots += self._products(added)
+        self._add_products(added)
 
     def _step_incremental(self) -> None:
-        count = len(self.selected)
-        exact = self._exact_keys(count, self.selected_sum)
-        positions = np.arange(len(self.alive))
-        best, _ = _decide(positions, self._keys(count), self.key_error, exact, self._centroid_norm(count, self.selected_sum))
+        count, selected_sum = len(self.selected), self.selected_sum
+        if len(self.positions) != len(self.dots):
+            self.positions = np.arange(len(self.dots))
+        best, _ = _decide(
+            self.positions,
+            self._keys(count),
+            self.key_error,
+            self._exact_keys(count, selected_sum),
+            lambda: self._centroid_norm(count, selected_sum),
+        )
         self._accept([best])
 
     def _step_block(self, remaining: int) -> None:
@@ -539,7 +560,7 @@ class _CentroidSelector:
             # Rows tied with the smallest pool key join the pool: exact duplicates are never split.
             pool = np.union1d(pool, np.flatnonzero(keys == keys[pool].min()))
         else:
-            pool = np.flatnonzero(self.alive)
+            pool = np.flatnonzero(np.isfinite(keys))
         picks, values, vectors = self._speculate(pool, want, count0)
         failed_at, correction, self.verified_rows = len(picks), None, 0
         if len(pool) < self.n_alive:
@@ -554,19 +575,23 @@ class _CentroidSelector:
             self.block = max(self.MIN_BLOCK, failed_at)
             # A larger pool helps only if the row that overtook was ranked just below it.
             rank = int((keys > keys[correction]).sum())
-            if rank < 4 * len(pool):
+            if rank < len(pool):
                 self.margin = min(2 * self.margin, 8 * self.MAX_BLOCK)
-        # Rows read by the block (float64 pool rows count twice: once per speculative pick and for the gather)
-        # against the rows one matrix-vector product per accepted pick would read: where the ranking reshuffles
-        # at every pick, speculation does not pay.
-        block_reads = 2 * len(pool) * (len(picks) + 1) + self.verified_rows + len(keys)
-        poor = block_reads > 0.5 * len(accepted) * self.n_alive
+        # Cost model in rows read (calibrated on this machine): the block's pool (float64 rows count twice, once
+        # per speculative pick and for the gather), a fixed overhead per speculative pick, the verification
+        # product (about half a row read per row and step) and the update of all rows, against one
+        # matrix-vector product per accepted pick. Where the ranking reshuffles at every pick, blocks lose.
+        steps = len(picks)
+        block_reads = (
+            2 * len(pool) * (steps + 1) + self.PICK_OVERHEAD * steps + self.verified_rows * (1 + steps / 2) + len(keys)
+        )
+        poor = block_reads > len(accepted) * (self.n_alive + self.PICK_OVERHEAD)
         self.poor_blocks = self.poor_blocks + 1 if poor else 0
         if self.poor_blocks >= 2:
             self.incremental_until = len(self.selected) + self.incremental_run
             self.incremental_run *= 2
             self.poor_blocks = 0
-        elif not poor:
+        elif len(accepted) >= 4 * self.MIN_BLOCK:  # clearly productive: speculation works here
             self.incremental_run = self.INCREMENTAL_RUN
 
     def _speculate(self, pool: np.ndarray, want: int, count0: int):
@@ -604,9 +629,9 @@ class _CentroidSelector:
             return n_steps, None
         probes = partial_sums.T.astype(np.float32)
         if candidates.size > len(keys) // 4:  # most rows: multiplying them all beats gathering them
-            products = (self.rows.work[:, : self.rows.dim] @ probes)[candidates]
+            products = (self.rows.vectors @ probes)[candidates]
         else:
-            products = self.rows.work[candidates, : self.rows.dim] @ probes
+            products = self.rows.vectors[candidates] @ probes
         step_keys = self.rows.squared_norms[candidates, None] - 2.0 / counts * (self.dots[candidates, None] + products)
         # Their error: the stored keys' budget, plus 3 units per product with Δs_j (doubled and divided by m_j).
         sum_norms = np.sqrt(np.einsum("ij,ij->i", partial_sums, partial_sums))
@@ -746,21 +771,17 @@ class _KCenterSelector:
         old_in_play = (old_nearest[suspects] <= lowest + slack) & (old_assigned[suspects] < first_center)
         contested = np.flatnonzero(contenders.sum(axis=1) + old_in_play > 1)
         if contested.size:
-            rows = suspects[contested]
-            self._decide_nearest(group[rows], contenders[contested], old_in_play[contested], old_assigned[rows], first_center)
+            rows = group[suspects[contested]]
+            self.assigned[rows] = self._nearest_in_float64(
+                rows, contenders[contested], old_in_play[contested], old_assigned[suspects[contested]], first_center
+            )
 
-    def _merge_one(self, group: np.ndarray, squared: np.ndarray, center: int) -> None:
-        """``_merge`` for a single new center (the pool, after each pick)."""
-        old_nearest, old_assigned = self.nearest[group], self.assigned[group]
-        self.nearest[group] = np.minimum(old_nearest, squared)
-        self.assigned[group[squared < old_nearest]] = center
-        contested = np.flatnonzero(np.abs(squared - old_nearest) <= 2.0 * self.error)
-        if contested.size:
-            both = np.ones((len(contested), 1), dtype=bool)
-            self._decide_nearest(group[contested], both, both[:, 0], old_assigned[contested], center)
+    def _nearest_in_float64(self, positions, contenders, old_in_play, old_assigned, first_center) -> np.ndarray:
+        """For rows with several centers within rounding of their float32 nearest: the float64 nearest center.
 
-    def _decide_nearest(self, positions, contenders, old_in_play, old_assigned, first_center) -> None:
-        """Rows with several centers within rounding of their float32 nearest: assign the float64 nearest."""
+        Candidates are the centers ``first_center + j`` where ``contenders[row, j]``, plus ``old_assigned[row]``
+        where ``old_in_play[row]``; returns one center per row of ``positions``.
+        """
         row_numbers, columns = np.nonzero(contenders)
         old_rows = np.flatnonzero(old_in_play)
         row_numbers = np.concatenate([row_numbers, old_rows])
@@ -772,16 +793,22 @@ class _KCenterSelector:
         row_numbers, centers = row_numbers[order], centers[order]
         first = np.ones(len(order), dtype=bool)
         first[1:] = row_numbers[1:] != row_numbers[:-1]
-        self.assigned[positions[row_numbers[first]]] = centers[first]
+        return centers[first]
 
-    def _exact_squared(self, positions: np.ndarray) -> np.ndarray:
-        """Float64 squared distance of up-to-date rows to their nearest center, from the input vectors."""
-        centers = self.rows.source[self.center_positions[self.assigned[positions]]].astype(np.float64)
-        differences = self.rows.exact64(positions) - centers
+    def _exact_squared(self, positions: np.ndarray, centers: np.ndarray) -> np.ndarray:
+        """Float64 squared distances of rows to the given centers (numbers), from the input vectors."""
+        center_rows = self.rows.source[self.center_positions[centers]].astype(np.float64)
+        differences = self.rows.exact64(positions) - center_rows
         return (differences * differences).sum(axis=1)
 
+    def _exact_nearest(self, positions: np.ndarray) -> np.ndarray:
+        return self._exact_squared(positions, self.assigned[positions])
+
     def _pick_block(self, remaining: int) -> None:
-        """Picks inside the pool while they provably beat every row outside it; at least one pick."""
+        """Picks inside the pool while they provably beat every row outside it; at least one pick.
+
+        The pool's values and nearest centers live in local arrays during the block and are written back after.
+        """
         rows, nearest = self.rows, self.nearest
         pool_size = min(self.n_alive, self.POOL)
         if pool_size < self.n_alive:
@@ -792,24 +819,35 @@ class _KCenterSelector:
         else:
             pool = np.flatnonzero(np.isfinite(nearest))
             outside_bound = -np.inf
-        pool_rows = rows.work[pool, : rows.dim]
+        pool_rows = rows.vectors[pool]
         pool_norms = rows.squared_norms[pool].astype(np.float32)
+        values, owners = nearest[pool], self.assigned[pool]
+        local_positions = np.arange(len(pool))
+
+        def exact(local: np.ndarray) -> np.ndarray:
+            return self._exact_squared(pool[local], owners[local])
+
         picked = 0
-        while picked < remaining:
-            values = nearest[pool]
-            if values.max() == -np.inf:
-                break
-            best, value = _decide(pool, values, self.error, self._exact_squared)
+        while picked < min(remaining, len(pool)):
+            best, value = _decide(local_positions, values, self.error, exact)
             if value is None:  # the float32 value of the pick, less its error, bounds the truth from below
-                value = float(nearest[best]) - self.error
+                value = float(values[best]) - self.error
             if not value > outside_bound:
                 break
             center = self.n_centers
-            self._add_center(best)
-            local = int(np.searchsorted(pool, best))
-            self._merge_one(pool, pool_norms + pool_norms[local] - 2.0 * (pool_rows @ pool_rows[local]), center)
+            self._add_center(int(pool[best]))
+            values[best] = -np.inf
+            squared = pool_norms + pool_norms[best] - 2.0 * (pool_rows @ pool_rows[best])
+            contested = np.flatnonzero(np.abs(squared - values) <= 2.0 * self.error)
+            previous = owners[contested]
+            owners[squared < values] = center
+            np.minimum(values, squared, out=values)
+            if contested.size:  # the new center and the old nearest are within rounding of each other
+                both = np.ones((len(contested), 1), dtype=bool)
+                owners[contested] = self._nearest_in_float64(pool[contested], both, both[:, 0], previous, center)
             picked += 1
+        nearest[pool], self.assigned[pool] = values, owners
         if picked == 0:  # a near-tie across the pool boundary: decide among all rows
             alive = np.flatnonzero(np.isfinite(nearest))
-            best, _ = _decide(alive, nearest[alive], self.error, self._exact_squared)
+            best, _ = _decide(alive, nearest[alive], self.error, self._exact_nearest)
             self._add_center(best)
