@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,6 +35,16 @@ def small(spark, make_config, tmp_path_factory):
 
 def _table(spark, config, table):
     return spark.table(Catalog.from_config(config).name(table))
+
+
+def _config_with_tables(spark, make_config, small, clean_rows, vectors, *overrides):
+    """The config of a fresh schema whose clean and embeddings tables are the given frames."""
+    config = make_config("sst2", f"dataset.train.path={small[2]}", *overrides)
+    catalog = Catalog.from_config(config)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {catalog.namespace}")
+    clean_rows.write.format("delta").saveAsTable(catalog.name(Table.CLEAN))
+    vectors.write.format("delta").saveAsTable(catalog.name(Table.EMBEDDINGS))
+    return config
 
 
 def test_embeddings_cover_clean_rows_and_match_direct_encode(spark, small):
@@ -131,21 +143,65 @@ def test_missing_embeddings_are_a_clear_error(spark, small, make_config):
 
 @pytest.mark.parametrize(
     "corrupt, message",
-    [(lambda v: [float("nan")] + v[1:], "contain NaN"), (lambda v: v[:-1], "different dimensions")],
+    [
+        (lambda v: [float("nan")] + v[1:], "contain NaN"),
+        (lambda v: [0.0] * len(v), r"1 embeddings are zero vectors \(for example row_id {row_id}\)"),
+        (lambda v: v[:-1], "different dimensions"),
+    ],
 )
 def test_bad_vectors_are_a_clear_error(spark, small, make_config, corrupt, message):
     config = small[0]
-    other = make_config("sst2", f"dataset.train.path={small[2]}")
-    catalog, source = Catalog.from_config(other), Catalog.from_config(config)
-    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {catalog.namespace}")
-    spark.table(source.name(Table.CLEAN)).write.format("delta").saveAsTable(catalog.name(Table.CLEAN))
-    vectors = spark.table(source.name(Table.EMBEDDINGS)).toPandas()
+    embeddings = _table(spark, config, Table.EMBEDDINGS)
+    vectors = embeddings.toPandas()
     vectors.at[0, "vector"] = corrupt(list(vectors.at[0, "vector"]))
-    spark.createDataFrame(vectors, spark.table(source.name(Table.EMBEDDINGS)).schema).write.format("delta").saveAsTable(
-        catalog.name(Table.EMBEDDINGS)
-    )
-    with pytest.raises(InputError, match=message):
+    corrupted = spark.createDataFrame(vectors, embeddings.schema)
+    other = _config_with_tables(spark, make_config, small, _table(spark, config, Table.CLEAN), corrupted)
+    with pytest.raises(InputError, match=message.format(row_id=re.escape(vectors.at[0, "row_id"]))):
         select(spark, other)
+
+
+@pytest.mark.parametrize(
+    "empty, message",
+    [
+        ({Table.CLEAN}, "nothing to select: the input has no rows"),
+        ({Table.EMBEDDINGS}, "have no current embedding"),
+        ({Table.CLEAN, Table.EMBEDDINGS}, "nothing to select: the input has no rows"),
+    ],
+    ids=["clean", "embeddings", "both"],
+)
+def test_empty_input_is_a_clear_error(spark, small, make_config, empty, message):
+    config = small[0]
+    clean_rows, vectors = [
+        _table(spark, config, table).limit(0) if table in empty else _table(spark, config, table)
+        for table in (Table.CLEAN, Table.EMBEDDINGS)
+    ]
+    with pytest.raises(InputError, match=message):
+        select(spark, _config_with_tables(spark, make_config, small, clean_rows, vectors))
+
+
+def test_zero_quotas_keep_every_row_once(spark, small, make_config):
+    """At ratio 0.4 a label of one row keeps round(0.4) = 0 rows, and a label of three rows (quota 1) over
+    partitions of at most two gives one of its partitions quota 0: both are k = 0 greedy calls."""
+    config = small[0]
+    clean_rows = _table(spark, config, Table.CLEAN)
+    solo, trio = sorted(r["label"] for r in clean_rows.select("label").distinct().collect())[:2]
+    subset = (
+        clean_rows.where(F.col("label") == solo).orderBy("row_id").limit(1)
+        .unionByName(clean_rows.where(F.col("label") == trio).orderBy("row_id").limit(3))
+    )
+    other = _config_with_tables(
+        spark, make_config, small, subset, _table(spark, config, Table.EMBEDDINGS),
+        "select.ratio=0.4", "select.max_rows_per_partition=2",
+    )
+    select(spark, other)
+    selection = _table(spark, other, Table.SELECTION).toPandas()
+    assert sorted(selection["row_id"]) == sorted(r["row_id"] for r in subset.collect())
+    sampled = selection[selection["split"] == "sampled"]
+    assert sampled.groupby("label").size().to_dict() == {trio: 1}
+    assert sampled["rank"].tolist() == [0]
+    candidates_per_partition = selection.groupby(["label", "partition"])["local_rank"].count()
+    assert candidates_per_partition[solo].tolist() == [0]
+    assert len(candidates_per_partition[trio]) >= 2 and candidates_per_partition[trio].min() == 0
 
 
 def test_largest_remainder_sums_and_bounds():

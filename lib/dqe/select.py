@@ -115,6 +115,8 @@ def select_frame(spark: SparkSession, rows: DataFrame, cfg: SelectConfig) -> Dat
     """rows (row_id, label, vector) → row_id, label, split, partition, rank, local_rank (no Delta I/O)."""
     partitioned = _semantic_buckets(spark, rows, cfg.max_rows_per_partition, cfg.seed).localCheckpoint()
     part_sizes = partitioned.groupBy("label", "partition").count().orderBy("label", "partition").collect()
+    if not part_sizes:
+        raise InputError("nothing to select: the input has no rows (is the clean table empty? run dqe clean)")
     quotas: dict[str, int] = {}
     by_label: dict[str, list] = {}
     for r in part_sizes:
@@ -186,12 +188,22 @@ def select(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
         missing = rows.where(F.col("vector").isNull()).count()
         if missing:
             raise InputError(f"{missing} clean rows have no current embedding for model {model_name}: run dqe embed")
+        all_zero = F.forall("vector", lambda x: x == 0)
         checks = rows.agg(
             F.sum(F.exists("vector", lambda x: x.isNull() | F.isnan(x)).cast("int")).alias("nan_rows"),
+            F.sum(all_zero.cast("int")).alias("zero_rows"),
+            F.min(F.when(all_zero, F.col("row_id"))).alias("zero_example"),
             F.collect_set(F.size("vector")).alias("dims"),
         ).first()
         if checks["nan_rows"]:
             raise InputError(f"{checks['nan_rows']} embeddings contain NaN or null values: re-run dqe embed")
+        # The embed stage L2-normalises every vector, so a zero vector can only be a broken embedding; and since
+        # embed skips rows it already has, re-running it alone would keep the broken rows.
+        if checks["zero_rows"]:
+            raise InputError(
+                f"{checks['zero_rows']} embeddings are zero vectors (for example row_id {checks['zero_example']}): "
+                "delete them from the embeddings table and re-run dqe embed"
+            )
         if len(checks["dims"]) > 1:
             raise InputError(f"embeddings have different dimensions {sorted(checks['dims'])}: re-run dqe embed")
         selection = select_frame(spark, rows.drop("h"), cfg).select(
