@@ -44,13 +44,13 @@ class FakeChatServer:
                 with server.lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                self.counted = True
                 try:
                     server.handle(self)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and left
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    server.leave(self)
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -98,8 +98,16 @@ class FakeChatServer:
         message = {"role": "assistant", "content": content}
         return self.reply(request, 200, {"choices": [{"index": 0, "message": message}]})
 
-    @staticmethod
-    def reply(request: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
+    def leave(self, request: BaseHTTPRequestHandler) -> None:
+        """A request stops counting as in flight once its answer is ready: after that the client may already
+        have its response and send the next request while this thread is still finishing."""
+        with self.lock:
+            if getattr(request, "counted", False):
+                request.counted = False
+                self.in_flight -= 1
+
+    def reply(self, request: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
+        self.leave(request)
         data = json.dumps(payload).encode()
         request.send_response(status)
         request.send_header("Content-Type", "application/json")

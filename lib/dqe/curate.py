@@ -18,24 +18,13 @@ import pandas as pd
 from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 
-from dqe.algorithms.triage_rule import FATE_NOISY_DROPPED, FATE_NOISY_PAIR_DROPPED, curate as curate_rows
+from dqe.algorithms.triage_rule import curate as curate_rows, drop_reverse_noise
 from dqe.catalog import Catalog, Table
 from dqe.config import DqeConfig
 from dqe.lakehouse import StageRun, stage_fingerprint, stage_run, table_exists
 
 CURATION_SCHEMA = "row_id string, label string, original_label string, fate string, curated boolean"
 REVIEW_FATES = {"drop": "review_dropped", "keep": "review_kept", "relabel": "review_relabelled"}
-
-
-def _apply_reverse_noise(fates: pd.DataFrame, reverse: pd.DataFrame, policy: str) -> None:
-    """Rows flagged noisy on the reverse direction (and, under drop_pair, their neighbours) leave the set."""
-    noisy = reverse[reverse["category"] == "noisy"]
-    for rows, fate in ((noisy["row"], FATE_NOISY_DROPPED), (noisy["neighbor"], FATE_NOISY_PAIR_DROPPED)):
-        if fate == FATE_NOISY_PAIR_DROPPED and policy != "drop_pair":
-            continue
-        hit = fates["row"].isin(rows.to_numpy()) & fates["curated"]
-        fates.loc[hit, "fate"] = fate
-        fates.loc[hit, "curated"] = False
 
 
 def _apply_reviews(frame: pd.DataFrame, reviews: pd.DataFrame) -> None:
@@ -92,7 +81,7 @@ def curate(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
             verdicts=verdicts,
         )
         fates = result.fates.sort_values("row").reset_index(drop=True)
-        _apply_reverse_noise(fates, triaged[triaged["direction"] == "reverse"], policy)
+        drop_reverse_noise(fates, triaged[triaged["direction"] == "reverse"], policy)
         frame = pd.DataFrame(
             {
                 "row_id": rows["row_id"],

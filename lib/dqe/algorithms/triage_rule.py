@@ -273,3 +273,16 @@ def curate(
     fates = pd.DataFrame({"row": np.arange(n_rows, dtype=np.int64), "fate": fate, "curated": curated})
     fates["label"] = training_label
     return Curation(positions=np.flatnonzero(curated).astype(np.int64), fates=fates)
+
+
+def drop_reverse_noise(fates: pd.DataFrame, reverse: pd.DataFrame, policy: str) -> None:
+    """Take the rows flagged noisy by the reverse direction (errors on ``sampled``) out of the curated set, in
+    place: ``fates`` is :attr:`Curation.fates`, ``reverse`` the triage of that direction. Under ``drop_pair``
+    their neighbours leave too; rows already out keep their fate."""
+    noisy = reverse[reverse["category"] == NOISY]
+    for rows, fate in ((noisy["row"], FATE_NOISY_DROPPED), (noisy["neighbor"], FATE_NOISY_PAIR_DROPPED)):
+        if fate == FATE_NOISY_PAIR_DROPPED and policy != "drop_pair":
+            continue
+        hit = fates["row"].isin(rows.to_numpy()) & fates["curated"]
+        fates.loc[hit, "fate"] = fate
+        fates.loc[hit, "curated"] = False

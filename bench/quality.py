@@ -1,0 +1,566 @@
+"""Does the curation work on real data? DQE at small scale, and label-noise detection against cleanlab.
+
+Part ``dqe`` (issue 7 §1): on each shared dataset, the same trainer fitted on (a) all clean rows, (b) the
+DQE-curated set with the ``centroid`` rule, (c) the same with ``kcenter``, (d) a random subset of the size of (b)
+(resp. (c)); test accuracy and macro-F1, the fraction of rows used, the paired t-test and McNemar p-values of the
+curated model against (a) and (d), and wall times; and (e) the centroid procedure run in both directions
+(a second model fitted on ``unsampled`` predicts ``sampled``; its noisy rows leave the set too). Part ``noise`` (§2): 10% and 20% of the training labels
+flipped, uniformly or class-conditionally; the rows flagged by DQE (one direction, and both directions) and by
+``cleanlab.filter.find_label_issues`` on 5-fold out-of-fold probabilities are scored against the known flips,
+and the test accuracy after training on each method's cleaned set (for DQE: its curated set, and beyond the
+paper every row but the flagged ones) is compared with the noisy full set and with the truly clean rows.
+
+The procedure is :func:`dqe.algorithms.procedure.run_dqe` (the in-memory form of the Spark stages: per-label
+greedy selection of half the rows, fit on it, predict the rest, triage, curate), with the project's trainers.
+
+Splits (fixed, seed 0; the seeds vary the greedy start, the random subset, the noise and the models):
+MR, CR, SUBJ: a stratified 80/20 split of the only split. AG News: its 7,600 rows split 80/20 the same way.
+SST-2, SST-5, TREC: the official train/test. IMDb: stratified 5,000 of train and 5,000 of test (embedding all
+50,000 long reviews takes longer than the rest together on two cores). Training rows pass through
+:func:`dqe.clean.clean_pandas` (missing texts, exact duplicates, label conflicts out); test rows are normalised
+the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.cache/quality/``.
+
+    .venv/bin/python bench/quality.py                                  # everything with the linear model
+    .venv/bin/python bench/quality.py --model encoder --datasets cr trec --seeds 0 --parts dqe
+    .venv/bin/python bench/quality.py --quick                          # smoke run on 600 rows of two datasets
+
+Results merge into ``bench/results/quality.json`` (keyed by part, model, dataset and settings, so runs with
+different ``--model`` or ``--datasets`` add up) and the tables in ``bench/README.md`` are rewritten from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dqe.algorithms import stats
+from dqe.algorithms.procedure import run_dqe
+from dqe.algorithms.triage_rule import NOISY, curate
+from dqe.clean import clean_pandas, normalize_label, normalize_text
+from dqe.config import CleanConfig, EmbedConfig, TrainConfig
+
+BENCH_DIR = Path(__file__).resolve().parent
+SHARED_DATA = BENCH_DIR.parents[1] / "shared" / "data"
+CACHE_DIR = BENCH_DIR / ".cache" / "quality"
+RESULTS = BENCH_DIR / "results" / "quality.json"
+README = BENCH_DIR / "README.md"
+SPLIT_SEED = 0
+IMDB_ROWS = 5_000
+NOISE_RATES = (0.1, 0.2)
+NOISE_KINDS = ("uniform", "class_conditional")
+EXAMPLES = 5  # most similar noisy pairs kept per run, to read what DQE flags
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    split: str  # how the test rows were obtained, for the results
+    train_texts: np.ndarray
+    train_labels: np.ndarray
+    train_vectors: np.ndarray
+    test_texts: np.ndarray
+    test_labels: np.ndarray
+    test_vectors: np.ndarray
+    removed_by_clean: int
+
+
+def _read(name: str, split: str) -> pd.DataFrame:
+    return pd.read_parquet(SHARED_DATA / name / f"{split}.parquet", columns=["id", "text", "label"])
+
+
+def _stratified_split(frame: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(
+        frame, test_size=test_fraction, stratify=frame["label"].fillna(""), random_state=SPLIT_SEED
+    )
+    return train.sort_index(), test.sort_index()
+
+
+def _subsample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    return _stratified_split(frame, rows / len(frame))[1] if rows < len(frame) else frame
+
+
+def raw_splits(name: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    if name in ("mr", "cr", "subj"):
+        return (*_stratified_split(_read(name, "train"), 0.2), "stratified 80/20 of train (seed 0)")
+    if name == "ag_news":
+        return (*_stratified_split(_read(name, "test"), 0.2), "stratified 80/20 of the 7,600 rows (seed 0)")
+    if name == "imdb":
+        train, test = _subsample(_read(name, "train"), IMDB_ROWS), _subsample(_read(name, "test"), IMDB_ROWS)
+        return train, test, f"stratified {IMDB_ROWS:,} of train and {IMDB_ROWS:,} of test (seed 0)"
+    return _read(name, "train"), _read(name, "test"), "official train/test"
+
+
+def embed_cached(texts: list[str]) -> np.ndarray:
+    from dqe.embed import encode
+
+    digest = hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()[:16]
+    path = CACHE_DIR / f"{digest}.npy"
+    if not path.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        vectors, _ = encode(texts, EmbedConfig(torch_threads_per_worker=os.cpu_count() or 1))
+        np.save(path, vectors)
+        print(f"  embedded {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True)
+    return np.load(path)
+
+
+def load_dataset(name: str, limit: int | None = None) -> Dataset:
+    train, test, split = raw_splits(name)
+    if limit:
+        train, test = _subsample(train, limit), _subsample(test, max(limit // 4, 50))
+    bronze = pd.DataFrame(
+        {"row_id": train["id"].to_numpy(), "text": train["text"].to_numpy(), "label": train["label"].to_numpy()}
+    )
+    bronze["parse_error"] = None
+    cleaned = clean_pandas(bronze, CleanConfig(), labels=None)
+    kept = cleaned[cleaned["reason"].isna()].sort_values("row_id").reset_index(drop=True)
+    test_texts = test["text"].map(normalize_text, na_action="ignore")
+    test_labels = test["label"].map(normalize_label, na_action="ignore")
+    usable = test_texts.fillna("").ne("") & test_labels.fillna("").ne("") & test_labels.isin(set(kept["label_norm"]))
+    train_texts = kept["text_norm"].to_numpy(dtype=object)
+    test_texts = test_texts[usable].to_numpy(dtype=object)
+    return Dataset(
+        name=name,
+        split=split,
+        train_texts=train_texts,
+        train_labels=kept["label_norm"].to_numpy(dtype=object),
+        train_vectors=embed_cached(list(train_texts)),
+        test_texts=test_texts,
+        test_labels=test_labels[usable].to_numpy(dtype=object),
+        test_vectors=embed_cached(list(test_texts)),
+        removed_by_clean=int(cleaned["reason"].notna().sum()),
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- models
+
+
+class Model:
+    """One trainer configuration; ``fit`` returns the fitted trainer and its training seconds."""
+
+    def __init__(self, backend: str, seed: int, encoder_epochs: int):
+        self.backend, self.seed, self.encoder_epochs = backend, seed, encoder_epochs
+
+    def _trainer(self):
+        from dqe.trainers import make_trainer
+
+        if self.backend == "linear":
+            # Calibration changes confidences only, never the predicted label (see dqe.trainers.linear).
+            config = TrainConfig(backend="linear", linear_calibrate=False, seed=self.seed)
+        else:
+            config = TrainConfig(
+                backend="encoder",
+                epochs=self.encoder_epochs,
+                batch_size=32,
+                max_length=64,
+                learning_rate=1e-4,
+                seed=self.seed,
+            )
+        return make_trainer(config, work_dir=CACHE_DIR / "train", device="cpu")
+
+    def fit(self, texts: np.ndarray, labels: np.ndarray, vectors: np.ndarray):
+        trainer = self._trainer()
+        started = time.perf_counter()
+        trainer.fit(list(texts), list(labels), vectors if self.backend == "linear" else None)
+        return trainer, time.perf_counter() - started
+
+    def predict(self, trainer, texts: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        embeddings = vectors if self.backend == "linear" else None
+        return np.asarray(trainer.predict(list(texts), embeddings).labels, dtype=object)
+
+    def fit_predict_on(self, data: Dataset, labels: np.ndarray):
+        """The strategy :func:`run_dqe` calls: fit on some training rows, predict others."""
+
+        def fit_predict(train: np.ndarray, predict: np.ndarray) -> np.ndarray:
+            trainer, _ = self.fit(data.train_texts[train], labels[train], data.train_vectors[train])
+            return self.predict(trainer, data.train_texts[predict], data.train_vectors[predict])
+
+        return fit_predict
+
+    def test_correctness(self, data: Dataset, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        trainer, seconds = self.fit(data.train_texts[rows], labels[rows], data.train_vectors[rows])
+        predicted = self.predict(trainer, data.test_texts, data.test_vectors)
+        return predicted == data.test_labels, predicted, seconds
+
+
+def scores(data: Dataset, correct: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": float(correct.mean()),
+        "macro_f1": stats.macro_f1(data.test_labels, predicted),
+    }
+
+
+def versus(correct: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    return {
+        "p_ttest": stats.paired_t_test(correct, other).p_value,
+        "p_mcnemar": stats.mcnemar_test(correct, other).p_value,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- part 1: DQE
+
+
+def dqe_runs(data: Dataset, model: Model) -> list[dict]:
+    everything = np.arange(len(data.train_labels))
+    correct_full, predicted_full, full_seconds = model.test_correctness(data, everything, data.train_labels)
+    records = [{"variant": "full", "rows": len(everything), "fraction": 1.0, "train_seconds": full_seconds,
+                **scores(data, correct_full, predicted_full)}]
+    for criterion, both_directions in (("centroid", False), ("kcenter", False), ("centroid", True)):
+        variant = f"{criterion}_both" if both_directions else criterion
+        started = time.perf_counter()
+        outcome = run_dqe(
+            data.train_vectors, data.train_labels, model.fit_predict_on(data, data.train_labels),
+            criterion=criterion, seed=model.seed, both_directions=both_directions,
+        )
+        procedure_seconds = time.perf_counter() - started
+        curated = outcome.curation.positions
+        correct_cur, predicted_cur, cur_seconds = model.test_correctness(data, curated, data.train_labels)
+        random_rows = np.sort(np.random.default_rng([model.seed, len(curated)]).choice(everything, len(curated), replace=False))
+        correct_rand, predicted_rand, rand_seconds = model.test_correctness(data, random_rows, data.train_labels)
+        categories = outcome.forward["category"].value_counts().to_dict()
+        noisy = outcome.forward[outcome.forward["category"] == NOISY].nlargest(EXAMPLES, "similarity")
+        examples = [
+            {
+                "text": data.train_texts[row], "label": data.train_labels[row],
+                "neighbor_text": data.train_texts[neighbor], "neighbor_label": data.train_labels[neighbor],
+                "similarity": round(float(similarity), 4),
+            }
+            for row, neighbor, similarity in zip(noisy["row"], noisy["neighbor"], noisy["similarity"])
+        ]
+        records.append(
+            {
+                "variant": f"dqe_{variant}",
+                "rows": len(curated),
+                "fraction": len(curated) / len(everything),
+                "train_seconds": cur_seconds,
+                "procedure_seconds": procedure_seconds,
+                "categories": {key: int(categories.get(key, 0)) for key in ("uncovered", "difficult", "noisy")},
+                "noisy_examples": examples,
+                "reverse_noisy": int((outcome.reverse["category"] == NOISY).sum()) if both_directions else None,
+                **scores(data, correct_cur, predicted_cur),
+                "vs_full": versus(correct_cur, correct_full),
+                "vs_random": versus(correct_cur, correct_rand),
+            }
+        )
+        records.append(
+            {
+                "variant": f"random_{variant}",
+                "rows": len(random_rows),
+                "fraction": len(random_rows) / len(everything),
+                "train_seconds": rand_seconds,
+                **scores(data, correct_rand, predicted_rand),
+            }
+        )
+    return records
+
+
+# ----------------------------------------------------------------------------------------------- part 2: noise
+
+
+def label_partners(vectors: np.ndarray, labels: np.ndarray) -> dict[object, object]:
+    """A fixed confusion between similar labels: classes matched in pairs by the cosine similarity of their mean
+    embeddings (most similar pair first); in each pair the first label (sorted) flips to the second. With an odd
+    number of classes the unmatched one flips to its most similar class."""
+    classes = sorted(set(labels.tolist()))
+    means = np.stack([vectors[labels == c].mean(axis=0) for c in classes])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    similarity = means @ means.T
+    np.fill_diagonal(similarity, -np.inf)
+    partners: dict[object, object] = {}
+    unmatched = set(range(len(classes)))
+    for flat in np.argsort(-similarity, axis=None, kind="stable"):
+        i, j = divmod(int(flat), len(classes))
+        if i < j and i in unmatched and j in unmatched:
+            partners[classes[i]] = classes[j]
+            unmatched -= {i, j}
+    for i in unmatched:
+        partners[classes[i]] = classes[int(np.argmax(similarity[i]))]
+    return partners
+
+
+def inject_noise(
+    labels: np.ndarray, vectors: np.ndarray, kind: str, rate: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy labels and the flipped mask: exactly ``round(rate · n)`` rows flipped (fewer only if the source
+    classes of the class-conditional confusion hold fewer rows)."""
+    rng = np.random.default_rng([seed, int(rate * 1000), NOISE_KINDS.index(kind)])
+    classes = np.asarray(sorted(set(labels.tolist())), dtype=object)
+    n_flip = round(rate * len(labels))
+    noisy = labels.copy()
+    if kind == "uniform":
+        rows = rng.choice(len(labels), n_flip, replace=False)
+        for row in rows:
+            noisy[row] = rng.choice(classes[classes != labels[row]])
+    else:
+        partners = label_partners(vectors, labels)
+        candidates = np.flatnonzero(np.isin(labels, list(partners)))
+        rows = rng.choice(candidates, min(n_flip, len(candidates)), replace=False)
+        noisy[rows] = [partners[label] for label in labels[rows]]
+    return noisy, noisy != labels
+
+
+def flag_scores(flagged: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
+    hit = int(flipped[flagged].sum())
+    precision = hit / len(flagged) if len(flagged) else 0.0
+    recall = hit / int(flipped.sum()) if flipped.any() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"flagged": int(len(flagged)), "precision": precision, "recall": recall, "f1": f1}
+
+
+def cleanlab_issues(vectors: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """Positions ``cleanlab.filter.find_label_issues`` flags on 5-fold out-of-fold probabilities of the linear
+    model family (logistic regression on the embeddings, as ``linear`` fits it)."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    classes = sorted(set(labels.tolist()))
+    target = np.searchsorted(np.asarray(classes, dtype=object), labels)
+    probabilities = cross_val_predict(
+        LogisticRegression(C=1.0, max_iter=2000, random_state=seed),
+        vectors,
+        target,
+        cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+        method="predict_proba",
+    )
+    return np.flatnonzero(find_label_issues(target, probabilities))
+
+
+def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict]:
+    noisy, flipped = inject_noise(data.train_labels, data.train_vectors, kind, rate, model.seed)
+    everything = np.arange(len(noisy))
+    started = time.perf_counter()
+    outcome = run_dqe(
+        data.train_vectors, noisy, model.fit_predict_on(data, noisy), criterion="centroid", seed=model.seed,
+        both_directions=True,
+    )
+    both_seconds = time.perf_counter() - started
+    forward_flags = np.sort(outcome.forward.loc[outcome.forward["category"] == NOISY, "row"].to_numpy())
+    forward_set = curate(outcome.forward, noisy, outcome.sampled).positions
+    started = time.perf_counter()
+    issues = cleanlab_issues(data.train_vectors, noisy, model.seed)
+    cleanlab_seconds = time.perf_counter() - started
+
+    methods = {
+        "noisy_full": (everything, None, None),
+        # The forward direction alone is one of the two fits of the two-way run.
+        "dqe_forward": (forward_set, forward_flags, both_seconds / 2),
+        "dqe_both": (outcome.curation.positions, outcome.flagged, both_seconds),
+        # Beyond the paper: DQE as a pure noise filter, every row but the flagged ones.
+        "dqe_both_filter": (np.setdiff1d(everything, outcome.flagged), outcome.flagged, both_seconds),
+        "cleanlab": (np.setdiff1d(everything, issues), issues, cleanlab_seconds),
+        "oracle_clean": (np.flatnonzero(~flipped), None, None),
+    }
+    correct_noisy, predicted_noisy, _ = model.test_correctness(data, everything, noisy)
+    records = []
+    for method, (rows, flags, flag_seconds) in methods.items():
+        if method == "noisy_full":
+            correct, predicted = correct_noisy, predicted_noisy
+        else:
+            correct, predicted, _ = model.test_correctness(data, rows, noisy)
+        record = {
+            "method": method,
+            "flipped": int(flipped.sum()),
+            "train_rows": int(len(rows)),
+            "flipped_in_train_rows": int(flipped[rows].sum()),
+            **scores(data, correct, predicted),
+        }
+        if flags is not None:
+            record.update(flag_scores(flags, flipped))
+            record["flag_seconds"] = flag_seconds
+        if method != "noisy_full":
+            record["vs_noisy_full"] = versus(correct, correct_noisy)
+        records.append(record)
+    return records
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+def load_results() -> dict:
+    if RESULTS.exists():
+        return json.loads(RESULTS.read_text())
+    return {"runs": {}}
+
+
+def save_results(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def _mean_std(values: list[float], digits: int = 4) -> str:
+    array = np.asarray(values, dtype=float)
+    if len(array) == 1:
+        return f"{array[0]:.{digits}f}"
+    return f"{array.mean():.{digits}f} ± {array.std(ddof=1):.{digits}f}"
+
+
+def dqe_table(results: dict, model: str) -> str:
+    lines = [
+        "| dataset | train rows | full acc | centroid acc | kcenter acc | centroid both-directions acc | "
+        "random (centroid size) acc | centroid rows used | centroid vs full macro-F1 | "
+        "centroid vs full p (t / McNemar) | centroid vs random p (t / McNemar) | "
+        "full fit s / centroid procedure + fit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted(results["runs"].values(), key=lambda run: DATASETS.index(run["dataset"])):
+        if run["part"] != "dqe" or run["model"] != model:
+            continue
+        by_variant: dict[str, list[dict]] = {}
+        for seed_records in run["seeds"].values():
+            for record in seed_records:
+                by_variant.setdefault(record["variant"], []).append(record)
+        full, cen, kc, both, rnd = (
+            by_variant[v] for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "random_centroid")
+        )
+
+        def accuracy(records: list[dict]) -> str:
+            return _mean_std([r["accuracy"] for r in records])
+
+        def p_values(records: list[dict], side: str) -> str:
+            return " / ".join(_mean_std([r[side][test] for r in records], 3) for test in ("p_ttest", "p_mcnemar"))
+
+        lines.append(
+            f"| {run['dataset']} | {full[0]['rows']} | {accuracy(full)} | {accuracy(cen)} | {accuracy(kc)} | "
+            f"{accuracy(both)} | {accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
+            f"{_mean_std([r['macro_f1'] for r in cen], 3)} vs {_mean_std([r['macro_f1'] for r in full], 3)} | "
+            f"{p_values(cen, 'vs_full')} | {p_values(cen, 'vs_random')} | "
+            f"{_mean_std([r['train_seconds'] for r in full], 1)} / "
+            f"{_mean_std([r['procedure_seconds'] + r['train_seconds'] for r in cen], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def noise_table(results: dict, model: str) -> str:
+    lines = [
+        "| dataset | noise | method | flagged | precision | recall | F1 | flag s | test acc | p t vs noisy full |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted(
+        results["runs"].values(), key=lambda run: (DATASETS.index(run["dataset"]), run["kind"] or "", run["rate"] or 0)
+    ):
+        if run["part"] != "noise" or run["model"] != model:
+            continue
+        by_method: dict[str, list[dict]] = {}
+        for seed_records in run["seeds"].values():
+            for record in seed_records:
+                by_method.setdefault(record["method"], []).append(record)
+        for method, records in by_method.items():
+            flags = "flagged" in records[0]
+            cells = [
+                _mean_std([r["flagged"] for r in records], 0) if flags else "",
+                _mean_std([r["precision"] for r in records], 3) if flags else "",
+                _mean_std([r["recall"] for r in records], 3) if flags else "",
+                _mean_std([r["f1"] for r in records], 3) if flags else "",
+                _mean_std([r["flag_seconds"] for r in records], 1) if flags and records[0].get("flag_seconds") is not None else "",
+                _mean_std([r["accuracy"] for r in records]),
+                _mean_std([r["vs_noisy_full"]["p_ttest"] for r in records], 3) if "vs_noisy_full" in records[0] else "",
+            ]
+            lines.append(f"| {run['dataset']} | {run['kind']} {int(run['rate'] * 100)}% | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_readme_tables(results: dict) -> None:
+    """Rewrite the generated part of bench/README.md (between the quality markers) from the results."""
+    begin, end = "<!-- quality:begin (generated by bench/quality.py) -->", "<!-- quality:end -->"
+    sections = []
+    for model in sorted({run["model"] for run in results["runs"].values()}):
+        sections.append(f"#### DQE at small scale, `{model}` model (mean ± std over seeds)\n\n{dqe_table(results, model)}")
+        if any(run["part"] == "noise" and run["model"] == model for run in results["runs"].values()):
+            sections.append(f"#### Injected label noise, `{model}` model\n\n{noise_table(results, model)}")
+    generated = begin + "\n" + "\n\n".join(sections) + "\n" + end
+    text = README.read_text() if README.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    README.write_text(head + generated + rest.split(end, 1)[1])
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average": list(os.getloadavg()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+DATASETS = ("mr", "cr", "subj", "sst2", "sst5", "trec", "ag_news", "imdb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--model", default="linear", choices=("linear", "encoder"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--parts", nargs="+", default=["dqe", "noise"], choices=("dqe", "noise"))
+    parser.add_argument("--encoder-epochs", type=int, default=1)
+    parser.add_argument("--limit", type=int, default=None, help="subsample each training split to this many rows")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 600 rows of cr and trec, one seed")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.datasets, args.seeds, args.limit = ["cr", "trec"], [0], 600
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    results = load_results() if not args.quick else {"runs": {}}
+    for name in args.datasets:
+        print(f"{name}: loading", flush=True)
+        data = load_dataset(name, args.limit)
+        settings = []
+        if "dqe" in args.parts:
+            settings.append(("dqe", None, None))
+        if "noise" in args.parts:
+            settings += [("noise", kind, rate) for kind in NOISE_KINDS for rate in NOISE_RATES]
+        for part, kind, rate in settings:
+            key = "/".join(str(x) for x in (part, args.model, name, kind, rate) if x is not None)
+            if args.limit:
+                key += f"/limit{args.limit}"
+            run = results["runs"].setdefault(
+                key,
+                {"part": part, "model": args.model, "dataset": name, "kind": kind, "rate": rate, "seeds": {}},
+            )
+            run.update(
+                split=data.split,
+                train_rows=len(data.train_labels),
+                test_rows=len(data.test_labels),
+                removed_by_clean=data.removed_by_clean,
+                encoder_epochs=args.encoder_epochs if args.model == "encoder" else None,
+            )
+            for seed in args.seeds:
+                started = time.perf_counter()
+                model = Model(args.model, seed, args.encoder_epochs)
+                records = dqe_runs(data, model) if part == "dqe" else noise_runs(data, model, kind, rate)
+                run["seeds"][str(seed)] = records
+                run.setdefault("machine", {})[str(seed)] = {**machine(), "seconds": time.perf_counter() - started}
+                summary = {r.get("variant", r.get("method")): round(r["accuracy"], 4) for r in records}
+                print(f"  {key} seed {seed}: {summary} ({time.perf_counter() - started:.0f} s)", flush=True)
+                if not args.quick:
+                    save_results(results)
+    if not args.quick:
+        write_readme_tables(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The in-memory DQE procedure (dqe.algorithms.procedure): selection per label, both directions, curation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dqe.algorithms.procedure import run_dqe, select_per_label
+from dqe.algorithms.triage_rule import NOISY
+from dqe.trainers.linear import LinearTrainer
+
+
+def blobs(n_per_class: int = 40, classes: int = 3, dim: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim)) * 3.0
+    vectors = np.concatenate([centre + rng.standard_normal((n_per_class, dim)) for centre in centres])
+    labels = np.repeat(np.array([f"c{i}" for i in range(classes)], dtype=object), n_per_class)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def one_nearest_neighbour(vectors: np.ndarray, labels: np.ndarray):
+    """A real (if simple) model for the strategy slot: the label of the most similar training row."""
+
+    def fit_predict(train: np.ndarray, predict: np.ndarray) -> np.ndarray:
+        nearest = np.argmax(vectors[predict] @ vectors[train].T, axis=1)
+        return labels[train][nearest]
+
+    return fit_predict
+
+
+def test_select_per_label_keeps_the_ratio_of_every_label():
+    vectors, labels = blobs(n_per_class=41)
+    labels[:5] = "rare"  # 5 rows: round(0.3 * 5) = 2 (banker's rounding of 1.5)
+    sampled = select_per_label(vectors, labels, ratio=0.3, criterion="kcenter", seed=3)
+    for label in set(labels):
+        members = labels == label
+        assert sampled[members].sum() == round(0.3 * members.sum())
+
+
+def test_select_per_label_is_deterministic_for_a_seed_and_varies_with_it():
+    vectors, labels = blobs()
+    first = select_per_label(vectors, labels, seed=1)
+    assert np.array_equal(first, select_per_label(vectors, labels, seed=1))
+    assert any(not np.array_equal(first, select_per_label(vectors, labels, seed=s)) for s in range(2, 6))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"criterion": "median"}, "unknown criterion"), ({"ratio": 1.0}, "ratio"), ({"ratio": 0.0}, "ratio")],
+)
+def test_select_per_label_rejects_bad_settings(kwargs, message):
+    vectors, labels = blobs()
+    with pytest.raises(ValueError, match=message):
+        select_per_label(vectors, labels, **kwargs)
+
+
+def test_select_per_label_needs_one_label_per_vector():
+    vectors, labels = blobs()
+    with pytest.raises(ValueError, match="one label per vector"):
+        select_per_label(vectors, labels[:-1])
+
+
+def test_forward_run_curates_sampled_plus_uncovered_and_difficult_minus_noisy():
+    vectors, labels = blobs(seed=4)
+    labels = labels.copy()
+    flipped = np.arange(0, len(labels), 8)
+    labels[flipped] = np.where(labels[flipped] == "c0", "c1", "c0")  # the errors the rule should find
+    outcome = run_dqe(vectors, labels, one_nearest_neighbour(vectors, labels), seed=2)
+
+    assert outcome.reverse is None
+    assert not outcome.sampled[outcome.forward["row"]].any()
+    assert len(outcome.forward) > 0
+    kept = set(np.flatnonzero(outcome.sampled)) | set(
+        outcome.forward.loc[outcome.forward["category"] != NOISY, "row"]
+    )
+    assert set(outcome.curation.positions) == kept - set(outcome.flagged)
+    assert set(outcome.flagged) == set(outcome.forward.loc[outcome.forward["category"] == NOISY, "row"])
+
+
+def test_both_directions_triages_sampled_rows_and_drops_their_noise():
+    vectors, labels = blobs(n_per_class=60, seed=5)
+    labels = labels.copy()
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(labels), 18, replace=False)
+    labels[flipped] = np.where(labels[flipped] == "c0", "c1", "c0")
+    forward_only = run_dqe(vectors, labels, one_nearest_neighbour(vectors, labels), seed=7)
+    outcome = run_dqe(vectors, labels, one_nearest_neighbour(vectors, labels), seed=7, both_directions=True)
+
+    assert np.array_equal(outcome.sampled, forward_only.sampled)
+    assert outcome.forward.equals(forward_only.forward)
+    assert outcome.sampled[outcome.reverse["row"]].all()  # the reverse direction examines the sampled half
+    # A flipped row sits in another label's cluster, far from its own label's centroid: greedy sampling picks
+    # such outliers first, so the forward direction never examines them and only the reverse one finds them.
+    assert outcome.sampled[flipped].mean() >= 0.9
+    reverse_noisy = set(outcome.reverse.loc[outcome.reverse["category"] == NOISY, "row"])
+    assert len(reverse_noisy & set(flipped)) >= 0.9 * len(flipped)
+    assert len(set(forward_only.flagged) & set(flipped)) <= 0.1 * len(flipped)
+    assert set(outcome.flagged) == set(forward_only.flagged) | reverse_noisy
+    assert set(outcome.curation.positions) == set(forward_only.curation.positions) - reverse_noisy
+    fates = outcome.curation.fates.set_index("row")["fate"]
+    assert (fates[sorted(reverse_noisy)] == "noisy_dropped").all()
+
+
+def test_drop_pair_also_drops_the_neighbours_of_reverse_noise():
+    vectors, labels = blobs(n_per_class=60, seed=6)
+    labels = labels.copy()
+    labels[::9] = "c2"
+    outcome = run_dqe(
+        vectors, labels, one_nearest_neighbour(vectors, labels), seed=1, both_directions=True, policy="drop_pair"
+    )
+    noisy = outcome.reverse[outcome.reverse["category"] == NOISY]
+    assert not set(noisy["row"]) & set(outcome.curation.positions)
+    assert not set(noisy["neighbor"]) & set(outcome.curation.positions)
+
+
+def test_linear_calibration_changes_confidences_not_labels():
+    vectors, labels = blobs(n_per_class=80, classes=4, seed=8)
+    texts = [f"t{i}" for i in range(len(labels))]
+    calibrated = LinearTrainer(calibrate=True).fit(texts, labels, vectors)
+    plain = LinearTrainer(calibrate=False).fit(texts, labels, vectors)
+    queries, _ = blobs(n_per_class=30, classes=4, seed=8)
+    first, second = calibrated.predict(texts[:120], queries), plain.predict(texts[:120], queries)
+    assert first.labels == second.labels
+    assert not np.allclose(first.confidence, second.confidence)
+    assert plain.metrics_["calibration_folds"] == 0 and calibrated.metrics_["calibration_folds"] == 5
