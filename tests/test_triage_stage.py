@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
+from dqe.algorithms.neighbors import NO_NEIGHBOR, l2_normalized, top1_neighbors
 from dqe.algorithms.triage_rule import categorize
 from dqe.catalog import Catalog, Table
 from dqe.curate import curate
 from dqe.errors import InputError
-from dqe.triage import triage
+from dqe.triage import positioned_rows, search_partitions, triage
 
 from conftest import SHARED_DATA
+
+EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DUPLICATED = range(10)
+# Rows 100-109, 300-309 and 500-509 copy rows 0-9: ties inside one corpus partition and across partitions.
+COPIES = (100, 300, 500)
+# Null predictions: a causal LM's output that named no label.
+UNPARSABLE = range(200, 220)
+NO_LABEL = "<no label>"
 
 
 def _write(spark, config, table, frame, schema):
@@ -25,37 +36,72 @@ def _write(spark, config, table, frame, schema):
     )
 
 
-@pytest.fixture(scope="module")
-def built(spark, make_config):
-    """600 real TREC rows with random unit vectors (plus exact duplicates to force ties) and noisy predictions."""
-    raw = pd.read_parquet(SHARED_DATA / "trec" / "train.parquet").iloc[:600].reset_index(drop=True)
-    rng = np.random.default_rng(3)
-    vectors = rng.normal(size=(len(raw), 16)).astype(np.float32)
-    vectors[100:110] = vectors[0:10]  # ties: identical rows
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+def _write_inputs(spark, config, raw, vectors, sampled, predicted) -> list[str]:
+    """clean, selection, embeddings and predictions for the rows of ``raw``; returns their row_ids."""
     row_ids = [f"r{i:04d}" for i in range(len(raw))]
-    sampled = rng.random(len(raw)) < 0.5
-    labels = raw["label"].to_numpy(dtype=object)
-    classes = sorted(set(labels))
-    predicted = np.where(rng.random(len(raw)) < 0.3, rng.choice(classes, len(raw)), labels)
-    config = make_config("trec", "triage.both_directions=true")
-    _write(spark, config, Table.CLEAN, pd.DataFrame({"row_id": row_ids, "text": raw["text"], "label": labels, "source": "t"}), "row_id string, text string, label string, source string")
-    _write(spark, config, Table.SELECTION, pd.DataFrame({"row_id": row_ids, "split": np.where(sampled, "sampled", "unsampled")}), "row_id string, split string")
+    split = np.where(sampled, "sampled", "unsampled")
+    _write(spark, config, Table.CLEAN, pd.DataFrame({"row_id": row_ids, "text": raw["text"], "label": raw["label"], "source": "t"}), "row_id string, text string, label string, source string")
+    _write(spark, config, Table.SELECTION, pd.DataFrame({"row_id": row_ids, "split": split}), "row_id string, split string")
     _write(
         spark,
         config,
         Table.EMBEDDINGS,
-        pd.DataFrame({"row_id": row_ids, "vector": list(vectors), "model": "sentence-transformers/all-MiniLM-L6-v2"}),
+        pd.DataFrame({"row_id": row_ids, "vector": list(vectors), "model": EMBED_MODEL}),
         "row_id string, vector array<float>, model string",
     )
     _write(
         spark,
         config,
         Table.PREDICTIONS,
-        pd.DataFrame({"row_id": row_ids, "predicted_label": predicted, "split": np.where(sampled, "sampled", "unsampled")}),
+        pd.DataFrame({"row_id": row_ids, "predicted_label": predicted, "split": split}),
         "row_id string, predicted_label string, split string",
     )
-    summary = triage(spark, config)
+    return row_ids
+
+
+@contextmanager
+def _session_conf(spark, settings: dict[str, str]):
+    """Spark SQL settings for the duration of a block (the session is shared by every test)."""
+    before = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
+def _trec_rows(n_rows: int) -> pd.DataFrame:
+    return pd.read_parquet(SHARED_DATA / "trec" / "train.parquet").iloc[:n_rows].reset_index(drop=True)
+
+
+def _wrong_label(label: str, classes: list[str]) -> str:
+    return classes[(classes.index(label) + 1) % len(classes)]
+
+
+@pytest.fixture(scope="module")
+def built(spark, make_config):
+    """600 real TREC rows with random unit vectors (plus exact duplicates to force ties), noisy predictions and a
+    few null ones; triaged with small Arrow batches, so each corpus partition is searched in several batches."""
+    raw = _trec_rows(600)
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(len(raw), 16)).astype(np.float32)
+    for start in COPIES:
+        vectors[start : start + len(DUPLICATED)] = vectors[DUPLICATED]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sampled = rng.random(len(raw)) < 0.5
+    labels = raw["label"].to_numpy(dtype=object)
+    classes = sorted(set(labels))
+    predicted = np.where(rng.random(len(raw)) < 0.3, rng.choice(classes, len(raw)), labels).astype(object)
+    # Every copy is predicted wrong, so each is a query whose best neighbours tie.
+    for row in [i + start for start in (0, *COPIES) for i in DUPLICATED]:
+        predicted[row] = _wrong_label(labels[row], classes)
+    predicted[list(UNPARSABLE)] = None
+    config = make_config("trec", "triage.both_directions=true")
+    row_ids = _write_inputs(spark, config, raw, vectors, sampled, predicted)
+    with _session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "32"}):
+        summary = triage(spark, config)
     return config, summary, vectors, labels, sampled, predicted, row_ids
 
 
@@ -67,10 +113,80 @@ def _triage_table(spark, config) -> pd.DataFrame:
 def test_spark_search_matches_in_memory_rule(spark, built, direction):
     config, _, vectors, labels, sampled, predicted, row_ids = built
     training = sampled if direction == "forward" else ~sampled
-    expected = categorize(vectors, labels, training, np.where(training, None, predicted))
+    # A null prediction is wrong in the Spark stage; the in-memory rule needs it spelled as a (wrong) label.
+    answered = np.where(pd.isna(predicted), NO_LABEL, predicted)
+    expected = categorize(vectors, labels, training, np.where(training, None, answered))
     got = _triage_table(spark, config)
     got = got[got["direction"] == direction].sort_values("row_id").reset_index(drop=True)
     assert len(got) == len(expected) > 20
+    assert got["row_id"].tolist() == [row_ids[i] for i in expected["row"]]
+    assert got["neighbor_row_id"].tolist() == [row_ids[i] for i in expected["neighbor"]]
+    assert got["category"].tolist() == expected["category"].tolist()
+    np.testing.assert_allclose(got["similarity"], expected["similarity"], rtol=1e-6)
+
+
+def test_corpus_is_searched_over_partitions_with_ties_across_them(spark, built):
+    config, _, _, _, _, _, row_ids = built
+    catalog = Catalog.from_config(config)
+    tables = [spark.table(catalog.name(t)) for t in (Table.CLEAN, Table.SELECTION, Table.EMBEDDINGS)]
+    placed = (
+        positioned_rows(*tables, search_partitions(spark))
+        .select("row_id", "pos", F.spark_partition_id().alias("partition"))
+        .toPandas()
+        .set_index("row_id")
+        .sort_index()
+    )
+    assert placed["partition"].nunique() >= 4
+    assert placed["pos"].is_unique and placed["pos"].is_monotonic_increasing  # positions follow row_id
+    got = _triage_table(spark, config).set_index("row_id")
+    for i in DUPLICATED:
+        copies = [row_ids[i + start] for start in (0, *COPIES)]
+        assert placed.loc[copies, "partition"].nunique() >= 3
+        for row in copies:
+            assert got.loc[row, "neighbor_row_id"] == min(c for c in copies if c != row)
+            assert got.loc[row, "similarity"] == pytest.approx(1.0)
+
+
+def test_null_predictions_count_as_wrong(spark, built):
+    config, _, _, _, sampled, _, row_ids = built
+    got = _triage_table(spark, config).set_index("row_id")
+    unparsable = [row_ids[i] for i in UNPARSABLE]
+    assert set(unparsable) <= set(got.index)
+    assert got.loc[unparsable, "predicted_label"].isna().all()
+    expected_direction = ["reverse" if sampled[i] else "forward" for i in UNPARSABLE]
+    assert got.loc[unparsable, "direction"].tolist() == expected_direction
+
+
+def test_ivf_searches_exactly_where_the_probed_lists_hold_no_other_row(spark, make_config):
+    raw = _trec_rows(600)
+    rng = np.random.default_rng(0)
+    # Four tight clusters, and outliers each on an axis of their own: with 15 lists and one probe, k-means gives
+    # some outliers a list of their own, so their probe holds no other row.
+    vectors = np.eye(32)[rng.integers(0, 4, len(raw))] + 0.01 * rng.normal(size=(len(raw), 32))
+    vectors[:, 16:] = 0
+    outliers = rng.choice(len(raw), 4, replace=False)
+    for axis, row in enumerate(outliers, start=16):
+        vectors[row] = 0.05 * rng.normal(size=32)
+        vectors[row, 16:] = 0
+        vectors[row, axis] = 1.0
+    vectors = l2_normalized(vectors)
+    sampled = rng.random(len(raw)) < 0.5
+    sampled[outliers] = False
+    labels = raw["label"].to_numpy(dtype=object)
+    classes = sorted(set(labels))
+    predicted = np.where(rng.random(len(raw)) < 0.3, rng.choice(classes, len(raw)), labels).astype(object)
+    predicted[outliers] = [_wrong_label(labels[row], classes) for row in outliers]
+    ivf = {"index": "ivf", "nlist": 15, "nprobe": 1}
+    probed = top1_neighbors(vectors[outliers], vectors, query_ids=outliers, **ivf)
+    assert (probed.ids == NO_NEIGHBOR).any()  # the setting really leaves probes empty
+
+    config = make_config("trec", "triage.index=ivf", "triage.ivf_nlist=15", "triage.ivf_nprobe=1")
+    row_ids = _write_inputs(spark, config, raw, vectors, sampled, predicted)
+    # One corpus partition and one Arrow batch: the Spark path builds the same IVF index as the in-memory rule.
+    with _session_conf(spark, {"spark.sql.shuffle.partitions": "1"}):
+        triage(spark, config)
+    expected = categorize(vectors, labels, sampled, np.where(sampled, None, predicted), **ivf)
+    got = _triage_table(spark, config).sort_values("row_id").reset_index(drop=True)
     assert got["row_id"].tolist() == [row_ids[i] for i in expected["row"]]
     assert got["neighbor_row_id"].tolist() == [row_ids[i] for i in expected["neighbor"]]
     assert got["category"].tolist() == expected["category"].tolist()

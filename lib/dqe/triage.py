@@ -3,8 +3,15 @@
 The rule itself is :func:`dqe.algorithms.triage_rule.categorize` (numpy + FAISS). At scale the wrong rows are
 few and the corpus is large, so the queries are broadcast, every corpus partition is searched with FAISS
 (``mapInPandas``), and the per-partition winners are reduced to one neighbour per query with the same order as
-the in-memory rule: highest cosine similarity, then lowest position. Positions number the clean rows in
-``row_id`` order, so both paths see the same ties.
+the in-memory rule: highest cosine similarity, then lowest position. The corpus is range-partitioned by
+``row_id`` (``spark.sql.shuffle.partitions`` parts) and its positions increase with ``row_id``, so both paths see
+the same ties. With ``triage.index = ivf`` every Arrow batch of the corpus gets its own approximate index, and a
+query whose probed lists held no other row in any batch is searched again exactly, as in the in-memory rule, so
+every wrong row gets a neighbour.
+
+A null ``predicted_label`` (a generative model's output that named no label, ``parse_ok`` false) counts as
+wrong, where :func:`~dqe.algorithms.triage_rule.categorize` refuses missing predictions: unparsable output is a
+failure of the model on that row, so it is triaged like any other error rather than failing the stage.
 
 ``direction``: ``forward`` examines errors on ``unsampled`` of the model trained on ``sampled`` (the paper);
 ``reverse`` (``triage.both_directions``) examines errors on ``sampled`` of a model trained on ``unsampled``, so
@@ -23,7 +30,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dqe.algorithms.neighbors import top1_neighbors
+from dqe.algorithms.neighbors import NO_NEIGHBOR, reduce_best, top1_neighbors
 from dqe.algorithms.triage_rule import categorize
 from dqe.catalog import Catalog, Table
 from dqe.config import DqeConfig, TriageConfig
@@ -31,51 +38,90 @@ from dqe.embed import model_identifier
 from dqe.errors import InputError
 from dqe.lakehouse import StageRun, stage_fingerprint, stage_run
 
-__all__ = ["categorize", "triage", "positioned_rows", "search_neighbors"]
+__all__ = ["categorize", "triage", "positioned_rows", "search_partitions", "search_neighbors"]
 
 NEIGHBOR_SCHEMA = "query_pos long, neighbor_pos long, similarity double"
 TRAINING_SPLIT = {"forward": "sampled", "reverse": "unsampled"}
 PREDICTED_SPLIT = {"forward": "unsampled", "reverse": "sampled"}
 
 
-def positioned_rows(clean: DataFrame, selection: DataFrame, embeddings: DataFrame) -> DataFrame:
-    """Clean rows with their split, vector and ``pos`` (0-based, in row_id order)."""
+def search_partitions(spark: SparkSession) -> int:
+    """Corpus partitions for the neighbour search: ``spark.sql.shuffle.partitions``, or one per core where it is
+    ``auto`` (Databricks)."""
+    setting = spark.conf.get("spark.sql.shuffle.partitions")
+    return int(setting) if setting.isdigit() else spark.sparkContext.defaultParallelism
+
+
+def positioned_rows(clean: DataFrame, selection: DataFrame, embeddings: DataFrame, partitions: int) -> DataFrame:
+    """Clean rows with their split, vector and ``pos``, range-partitioned by ``row_id`` into ``partitions`` parts.
+
+    ``pos`` is unique and increases with ``row_id`` but is not consecutive: each part is sorted and
+    ``monotonically_increasing_id`` puts the part's index in the high bits. A global ``row_number`` window would
+    move the whole corpus into one partition and the search into one task.
+    """
     return (
         clean.select("row_id", "label")
         .join(selection.select("row_id", "split"), "row_id")
         .join(embeddings.select("row_id", "vector"), "row_id")
-        .withColumn("pos", F.row_number().over(Window.orderBy("row_id")) - 1)
+        .repartitionByRange(partitions, "row_id")
+        .sortWithinPartitions("row_id")
+        .withColumn("pos", F.monotonically_increasing_id())
     )
 
 
-def search_neighbors(spark: SparkSession, corpus: DataFrame, queries: pd.DataFrame, cfg: TriageConfig) -> DataFrame:
-    """For each query (pos, vector), the most similar other corpus row: searched per corpus partition, reduced."""
+def _best_neighbors(spark: SparkSession, corpus: DataFrame, queries: pd.DataFrame, cfg: TriageConfig) -> DataFrame:
+    """Search every corpus partition for the queries (its Arrow batches reduced with ``reduce_best``), then reduce
+    the partitions' winners by the same rule; checkpointed, with one row per query that found a neighbour."""
     query_vectors = np.stack(queries["vector"].to_numpy()).astype(np.float32)
     query_ids = queries["pos"].to_numpy(dtype=np.int64)
     shared = spark.sparkContext.broadcast((query_vectors, query_ids))
 
-    def search(parts: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def search(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         vectors, ids = shared.value
-        for part in parts:
-            if part.empty:
+        best = None
+        for batch in batches:
+            if batch.empty:
                 continue
             found = top1_neighbors(
                 vectors,
-                np.stack(part["vector"].to_numpy()).astype(np.float32),
+                np.stack(batch["vector"].to_numpy()).astype(np.float32),
                 query_ids=ids,
-                corpus_ids=part["pos"].to_numpy(dtype=np.int64),
+                corpus_ids=batch["pos"].to_numpy(dtype=np.int64),
                 index=cfg.index,
                 nlist=cfg.ivf_nlist,
                 nprobe=cfg.ivf_nprobe,
             )
-            keep = found.ids >= 0
+            best = found if best is None else reduce_best([best, found])
+        if best is not None:
+            keep = best.ids != NO_NEIGHBOR
             yield pd.DataFrame(
-                {"query_pos": ids[keep], "neighbor_pos": found.ids[keep], "similarity": found.similarities[keep]}
+                {"query_pos": ids[keep], "neighbor_pos": best.ids[keep], "similarity": best.similarities[keep]}
             )
 
     partial = corpus.select("pos", "vector").mapInPandas(search, NEIGHBOR_SCHEMA)
-    best = Window.partitionBy("query_pos").orderBy(F.col("similarity").desc(), F.col("neighbor_pos").asc())
-    return partial.withColumn("_n", F.row_number().over(best)).where("_n = 1").drop("_n")
+    order = Window.partitionBy("query_pos").orderBy(F.col("similarity").desc(), F.col("neighbor_pos").asc())
+    return partial.withColumn("_n", F.row_number().over(order)).where("_n = 1").drop("_n").localCheckpoint()
+
+
+def _unanswered(found: DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
+    answered = [row.query_pos for row in found.select("query_pos").collect()]
+    return queries[~queries["pos"].isin(answered)]
+
+
+def search_neighbors(spark: SparkSession, corpus: DataFrame, queries: pd.DataFrame, cfg: TriageConfig) -> DataFrame:
+    """For each query (pos, vector), the most similar other corpus row: searched per corpus partition, reduced.
+
+    Raises InputError when a query has no other row to be explained by (a corpus of one row).
+    """
+    found = _best_neighbors(spark, corpus, queries, cfg)
+    unanswered = _unanswered(found, queries)
+    if cfg.index == "ivf" and not unanswered.empty:
+        exact = cfg.model_copy(update={"index": "flat"})
+        found = found.unionByName(_best_neighbors(spark, corpus, unanswered, exact))
+        unanswered = _unanswered(found, queries)
+    if not unanswered.empty:
+        raise InputError("triage needs at least 2 rows: a wrong row is explained by another row")
+    return found
 
 
 def _wrong_rows(rows: DataFrame, predictions: DataFrame, direction: str) -> DataFrame:
@@ -196,7 +242,7 @@ def triage(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
             F.col("model") == model_identifier(config.embed)
         )
         predictions = run.read(spark, catalog.name(Table.PREDICTIONS))
-        rows = positioned_rows(clean, selection, embeddings).localCheckpoint()
+        rows = positioned_rows(clean, selection, embeddings, search_partitions(spark)).localCheckpoint()
         directions = ["forward", "reverse"] if config.triage.both_directions else ["forward"]
         for direction in directions:
             split = PREDICTED_SPLIT[direction]
