@@ -3,8 +3,9 @@
 A stage is skipped when its last successful run (in the ``runs`` table) used the same configuration sections,
 every table it read is still at the version it read, every table it wrote is still at the version it wrote, and
 no earlier stage ran in this invocation (a re-trained model makes inference stale even though no table changed).
-``--force`` runs everything. A failure raises :class:`~dqe.errors.StageError` naming the stage; tables written by
-earlier stages, and the previous versions of the failing stage's tables, stay intact (Delta writes are atomic).
+``--force`` runs everything. A failure of any kind raises :class:`~dqe.errors.StageError` naming the stage, with
+the original error as its ``__cause__``; tables written by earlier stages, and the previous versions of the
+failing stage's tables, stay intact (Delta writes are atomic).
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def run_pipeline(
         except SPARK_ERRORS as exc:
             raise StageError(
                 f"stage {step.name} failed: {describe_spark_error(exc)} (earlier tables are intact)"
+            ) from exc
+        except Exception as exc:
+            # A bug or an unforeseen input, not a message written for users: name its type too.
+            raise StageError(
+                f"stage {step.name} failed: {type(exc).__name__}: {exc} (earlier tables are intact)"
             ) from exc
         upstream_ran = True
         echo(f"{prefix} done in {time.perf_counter() - step_started:.1f}s")
