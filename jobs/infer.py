@@ -1,4 +1,8 @@
-"""Databricks Python task / local script for the infer stage: `python jobs/infer.py --dataset cr`."""
+"""Databricks Python task / local script for the infer stage: `python jobs/infer.py --dataset cr`.
+
+`--split sampled` predicts the sampled rows with the model trained on unsampled, for `triage.both_directions`
+(default: unsampled).
+"""
 
 import sys
 

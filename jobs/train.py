@@ -1,4 +1,7 @@
-"""Databricks Python task / local script for the train stage: `python jobs/train.py --dataset cr`."""
+"""Databricks Python task / local script for the train stage: `python jobs/train.py --dataset cr`.
+
+`--split unsampled` trains the reverse-direction model that `triage.both_directions` needs (default: sampled).
+"""
 
 import sys
 

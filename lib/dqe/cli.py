@@ -1,8 +1,9 @@
 """The ``dqe`` command and the shared entry point of ``jobs/*.py``.
 
 Every stage command takes the same options: ``--config`` (default ``conf/default.yaml``), ``--dataset`` (merges
-``conf/datasets/<name>.yaml``) and ``--set section.key=value`` overrides. Errors that users can fix are printed as
-one clear line (exit code 2); they never surface only as a Java stack trace.
+``conf/datasets/<name>.yaml``) and ``--set section.key=value`` overrides; ``train`` and ``infer`` also take
+``--split``, so the reverse direction of ``triage.both_directions`` can run outside ``dqe run`` too. Errors that
+users can fix are printed as one clear line (exit code 2); they never surface only as a Java stack trace.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ STAGES: dict[str, str] = {
     "evaluate": "dqe.evaluate:evaluate",
     "report": "dqe.report:report",
 }
+# Stages that work on one split: its default and what it means there.
+SPLIT_STAGES: dict[str, tuple[str, str]] = {
+    "train": ("sampled", "the split to fit on (unsampled: the reverse-direction model)"),
+    "infer": ("unsampled", "the split to predict (sampled: by the model trained on unsampled)"),
+}
 
 
 def stage_function(stage: str) -> Callable[..., Any]:
@@ -47,8 +53,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqe", description="Data-quality engine for labelled text (DQE on Spark)")
     commands = parser.add_subparsers(dest="command", required=True)
+    from dqe.train import SPLITS
+
     for stage in STAGES:
-        add_config_arguments(commands.add_parser(stage, help=f"run the {stage} stage"))
+        stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")
+        add_config_arguments(stage_parser)
+        if stage in SPLIT_STAGES:
+            default, meaning = SPLIT_STAGES[stage]
+            stage_parser.add_argument("--split", choices=SPLITS, default=default, help=f"{meaning}; default {default}")
     run = commands.add_parser("run", help="run the whole pipeline, skipping stages whose outputs are current")
     add_config_arguments(run)
     run.add_argument("--force", action="store_true", help="re-run every stage")
@@ -77,7 +89,8 @@ def run_stage(stage: str, args: argparse.Namespace) -> Any:
 
     config = load_from_args(args)
     spark = get_spark(config)
-    return stage_function(stage)(spark, config)
+    options = {"split": args.split} if stage in SPLIT_STAGES else {}
+    return stage_function(stage)(spark, config, **options)
 
 
 def _print_summary(stage: str, summary: Any) -> None:
