@@ -70,3 +70,21 @@ def test_fingerprint_changes_only_with_its_sections():
     b = load_config(dataset="cr", overrides=["select.ratio=0.4"])
     assert a.fingerprint("dataset", "clean") == b.fingerprint("dataset", "clean")
     assert a.fingerprint("select") != b.fingerprint("select")
+
+
+def test_infer_device_and_threads_validate():
+    defaults = load_config(dataset="cr").infer
+    assert defaults.device == "auto" and defaults.torch_threads_per_worker == 1
+    config = load_config(dataset="cr", overrides=["infer.device=cuda", "infer.torch_threads_per_worker=4"])
+    assert config.infer.device == "cuda" and config.infer.torch_threads_per_worker == 4
+    with pytest.raises(ConfigError, match=r"infer\.device: .*'auto', 'cpu' or 'cuda'.*override"):
+        load_config(dataset="cr", overrides=["infer.device=tpu"])
+    with pytest.raises(ConfigError, match=r"infer\.torch_threads_per_worker: .*greater than or equal to 1"):
+        load_config(dataset="cr", overrides=["infer.torch_threads_per_worker=0"])
+
+
+def test_train_spark_local_mode_validates():
+    assert load_config(dataset="cr").train.spark_local_mode is True
+    assert load_config(dataset="cr", overrides=["train.spark_local_mode=false"]).train.spark_local_mode is False
+    with pytest.raises(ConfigError, match=r"train\.spark_local_mode: .*valid boolean"):
+        load_config(dataset="cr", overrides=["train.spark_local_mode=sometimes"])

@@ -398,3 +398,13 @@ def test_pyfunc_through_spark_udf_keeps_unparsable_outputs(spark, tiny_chat_mode
         assert result["raw_output"].tolist() == in_process.raw_output
         assert result["parse_ok"].tolist() == in_process.parse_ok.tolist()
         np.testing.assert_allclose(np.stack(result["probabilities"]), in_process.probabilities, atol=1e-5)
+
+
+def test_trainer_for_takes_rank_placement_and_prediction_device_from_config() -> None:
+    from dqe.config import load_config
+    from dqe.trainers import trainer_for
+
+    config = load_config(PROJECT_ROOT / "conf" / "databricks.yaml", dataset="cr", overrides=["infer.device=cpu"])
+    trainer = trainer_for(config)
+    assert isinstance(trainer, EncoderTrainer) and trainer.deepspeed_config == ZERO2
+    assert trainer.spark_local_mode is False and trainer.device == "cpu"

@@ -121,11 +121,19 @@ class TrainConfig(_Strict):
     num_processes: int = Field(1, ge=1)
     use_gpu: bool = False
     distributor: Literal["in_process", "spark"] = "in_process"
+    # With distributor=spark: the ranks run on the driver (true) or as Spark barrier tasks on the workers (false;
+    # storage.work_dir must then be storage every worker and the driver share, since rank 0 writes the model there).
+    spark_local_mode: bool = True
     seed: int = 0
 
 
 class InferConfig(_Strict):
     batch_size: int = Field(64, ge=1)
+    # Where the model predicts in each Spark task: auto = CUDA when the worker has a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # One Spark task per core each loads the model: one torch thread per task keeps the cores from being
+    # oversubscribed.
+    torch_threads_per_worker: int = Field(1, ge=1)
 
 
 class JudgeConfig(_Strict):

@@ -3,7 +3,8 @@
 By default the ``unsampled`` rows are predicted by the latest model trained on ``sampled``
 (``models:/<name>@trained_on_sampled``); ``split="sampled"`` with the model trained on ``unsampled`` gives the
 second direction of a cross-fit. The model runs through ``mlflow.pyfunc.spark_udf`` (one load per Spark task, the
-input spread over one task per core, one torch thread per task; CUDA when the worker has it).
+input spread over one task per core) with the ``infer.*`` settings: ``device`` (auto = CUDA when the worker has it),
+``torch_threads_per_worker`` (torch threads per task) and ``batch_size``.
 
 ``predictions`` holds one row per clean row that has been predicted, with the split it was predicted on:
 
@@ -47,8 +48,6 @@ def infer(
     config: DqeConfig,
     model_uri: str | None = None,
     split: str = "unsampled",
-    *,
-    torch_threads_per_worker: int = 1,
 ) -> dict[str, Any]:
     """Predict the rows of ``split`` with ``model_uri`` (default: the model trained on the other split)."""
     import mlflow
@@ -84,7 +83,11 @@ def infer(
             model_uri,
             result_type=SPARK_RESULT_TYPE,
             env_manager="local",
-            model_config={"torch_threads": torch_threads_per_worker, "batch_size": config.infer.batch_size},
+            model_config={
+                "device": config.infer.device,
+                "torch_threads": config.infer.torch_threads_per_worker,
+                "batch_size": config.infer.batch_size,
+            },
         )
         model_input = F.struct("text", "vector") if uses_vectors else F.struct("text")
         # spark_udf loads the model once per task: one task per core loads it once per worker.

@@ -90,13 +90,16 @@ def make_trainer(
 
 
 def trainer_for(config: DqeConfig) -> TextClassifier:
-    """The configured trainer, unfitted, with the project's embedding model, work folder and batch size."""
+    """The configured trainer, unfitted, with the project's embedding model, work folder, prediction device and
+    batch size, and the configured placement of distributed ranks."""
     return make_trainer(
         config.train,
         embedding_model=config.embed.model,
         work_dir=config.storage.work_dir,
         project_root=config.project_root,
+        device=config.infer.device,
         predict_batch_size=config.infer.batch_size,
+        spark_local_mode=config.train.spark_local_mode,
     )
 
 
