@@ -93,6 +93,31 @@ def run_stage(stage: str, args: argparse.Namespace) -> Any:
     return stage_function(stage)(spark, config, **options)
 
 
+RUN_TABLE_HEADER = ("run_id", "start (UTC)", "stage", "split", "backend", "status", "accuracies")
+
+
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    """The ``dqe runs`` table: a header and one aligned line per run (``dqe.tracking.list_runs``), "-" where a run
+    has no such tag. Of the metrics only the accuracies are shown, which is what runs are compared by; the MLflow UI
+    has the rest."""
+
+    def accuracies(metrics: dict[str, float]) -> str:
+        shown = [f"{name}={value:.3f}" for name, value in sorted(metrics.items()) if name.endswith("accuracy")]
+        return " ".join(shown) or "-"
+
+    lines = [list(RUN_TABLE_HEADER)] + [
+        [
+            run["run_id"],
+            run["start_time"].strftime("%Y-%m-%d %H:%M:%S"),
+            *(run[key] or "-" for key in ("stage", "split", "backend", "status")),
+            accuracies(run["metrics"]),
+        ]
+        for run in runs
+    ]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(RUN_TABLE_HEADER))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
 def _print_summary(stage: str, summary: Any) -> None:
     print(f"{stage}: " + json.dumps(summary, indent=2, sort_keys=True, default=str))
 
@@ -125,8 +150,9 @@ def _execute(args: argparse.Namespace) -> None:
     elif args.command == "runs":
         from dqe.tracking import list_runs
 
-        for line in list_runs(load_from_args(args), args.n):
-            print(line)
+        config = load_from_args(args)
+        runs = list_runs(config, args.n)
+        print(format_runs(runs) if runs else f"no runs in MLflow experiment {config.mlflow.experiment!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
