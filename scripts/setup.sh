@@ -13,10 +13,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip setuptools wheel
-# torch first: deepspeed's sdist imports torch at build time, so it is built without isolation.
-$PIP install -q "torch==2.13.0"
-DS_BUILD_OPS=0 $PIP install -q --no-build-isolation "deepspeed==0.19.8"
-$PIP install -q -e ".[dev]"
+# Versions come from constraints.txt (the tested stack). torch first: deepspeed's sdist imports torch at build time,
+# so it is built without isolation.
+$PIP install -q -c constraints.txt torch
+DS_BUILD_OPS=0 $PIP install -q --no-build-isolation -c constraints.txt deepspeed
+# `local`: pyspark + delta-spark, which a Databricks runtime provides instead.
+$PIP install -q -c constraints.txt -e ".[local,dev]"
 
 # Delta Lake jars into the local Maven repository, which Spark's Ivy chain searches first.
 if ! ls ~/.m2/repository/io/delta/delta-spark_${SCALA_BINARY}/${DELTA_VERSION}/*.jar >/dev/null 2>&1; then
