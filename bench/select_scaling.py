@@ -1,15 +1,15 @@
 """Scaling of the distributed selection: time of :func:`dqe.select.select_frame` as N grows at a fixed partition size.
 
 N = 5,000, 10,000, 20,000 and 40,000 real MiniLM embeddings of the shared texts with their labels (the first N rows
-of ``select_bench.real_embeddings`` and ``select_quality.labels_for``), ``max_rows_per_partition`` = 5,000, the
+of one fixed shuffle of the 50,000 rows of ``select_bench.real_embeddings`` and ``select_quality.labels_for``, so
+that every N has the same mix of data sets and labels), ``max_rows_per_partition`` = 5,000, the
 centroid criterion, everything else at the config defaults. The timed part is the whole Spark selection without
 Delta I/O (buckets, quotas, greedy per partition, merge, global rank), materialised with ``localCheckpoint``; the
 input DataFrame is built and cached before timing. A warm-up run first (JVM JIT, Python worker start) is not counted.
 Each N runs ``--repeats`` times and the fastest counts, since on a shared machine other load only ever adds time.
 
-Reported per N: seconds, seconds per 1,000 rows, partitions (labels × semantic buckets; the shared texts come
-grouped by data set and label, so the label mix changes with N: 1 label at 5,000 rows, 2 at 10,000, 4 at 20,000 and
-117 at 40,000, where SST-5 and the 151-intent CLINC150 add many small partitions) and
+Reported per N: seconds, seconds per 1,000 rows, partitions (labels × semantic buckets; all labels of the
+mix, with k-means buckets added as labels outgrow the bound) and
 ``linearity`` = (t_N / t_smallest) / (N / N_smallest), where 1.0 is perfectly linear growth. Writes
 ``bench/results/select_scaling.json`` with the machine's load averages at start and end.
 
@@ -26,11 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import functions as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from select_bench import machine, random_embeddings, real_embeddings  # noqa: E402
+from select_bench import REAL_ROWS, machine, random_embeddings, real_embeddings  # noqa: E402
 from select_quality import labels_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "select_scaling.json"
@@ -79,8 +80,12 @@ def main() -> int:
         "machine": machine(),
     }
     # The quick run must not need the embedding cache, which takes minutes to build the first time.
-    vectors = (random_embeddings if args.quick else real_embeddings)(sizes[-1])
-    labels = labels_for(sizes[-1])
+    pool = sizes[-1] if args.quick else REAL_ROWS
+    # One fixed shuffle of the pool, so that every N holds the same mix of data sets and labels (the shared texts
+    # come grouped by data set) and the partition count grows with N alone.
+    shuffle = np.random.default_rng(0).permutation(pool)
+    vectors = (random_embeddings if args.quick else real_embeddings)(pool)[shuffle]
+    labels = labels_for(pool)[shuffle]
     overrides = ["spark.hive_metastore=false", "storage.work_dir=/tmp/dqe_select_scaling"]
     config = load_config(dataset="mr", overrides=overrides)
     cfg = config.select.model_copy(update={"criterion": "centroid", "max_rows_per_partition": bound})

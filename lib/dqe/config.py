@@ -117,6 +117,8 @@ class TrainConfig(_Strict):
     max_length: int = Field(128, ge=8)
     weight_decay: float = Field(0.0, ge=0)
     linear_c: float = Field(1.0, gt=0)
+    # Temperature scaling makes `confidence` a probability; it never changes the predicted label.
+    linear_calibrate: bool = True
     deepspeed_config: str | None = None
     num_processes: int = Field(1, ge=1)
     use_gpu: bool = False

@@ -63,6 +63,7 @@ def make_trainer(
     if train_config.backend == "linear":
         return LinearTrainer(
             c=train_config.linear_c,
+            calibrate=train_config.linear_calibrate,
             embedding_model=embedding_model,
             predict_batch_size=predict_batch_size,
             seed=train_config.seed,
