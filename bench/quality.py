@@ -215,13 +215,16 @@ def versus(correct: np.ndarray, other: np.ndarray) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------- part 1: DQE
 
 
-def dqe_runs(data: Dataset, model: Model) -> list[dict]:
+VARIANTS = {"centroid": ("centroid", False), "kcenter": ("kcenter", False), "centroid_both": ("centroid", True)}
+
+
+def dqe_runs(data: Dataset, model: Model, variants: list[str]) -> list[dict]:
     everything = np.arange(len(data.train_labels))
     correct_full, predicted_full, full_seconds = model.test_correctness(data, everything, data.train_labels)
     records = [{"variant": "full", "rows": len(everything), "fraction": 1.0, "train_seconds": full_seconds,
                 **scores(data, correct_full, predicted_full)}]
-    for criterion, both_directions in (("centroid", False), ("kcenter", False), ("centroid", True)):
-        variant = f"{criterion}_both" if both_directions else criterion
+    for variant in variants:
+        criterion, both_directions = VARIANTS[variant]
         started = time.perf_counter()
         outcome = run_dqe(
             data.train_vectors, data.train_labels, model.fit_predict_on(data, data.train_labels),
@@ -426,11 +429,11 @@ def dqe_table(results: dict, model: str) -> str:
             for record in seed_records:
                 by_variant.setdefault(record["variant"], []).append(record)
         full, cen, kc, both, rnd = (
-            by_variant[v] for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "random_centroid")
+            by_variant.get(v, []) for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "random_centroid")
         )
 
         def accuracy(records: list[dict]) -> str:
-            return _mean_std([r["accuracy"] for r in records])
+            return _mean_std([r["accuracy"] for r in records]) if records else "–"
 
         def p_values(records: list[dict], side: str) -> str:
             return " / ".join(_mean_std([r[side][test] for r in records], 3) for test in ("p_ttest", "p_mcnemar"))
@@ -512,10 +515,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="linear", choices=("linear", "encoder"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--parts", nargs="+", default=["dqe", "noise"], choices=("dqe", "noise"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--encoder-epochs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="subsample each training split to this many rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: 600 rows of cr and trec, one seed")
     args = parser.parse_args(argv)
+    if "centroid" not in args.variants:
+        parser.error("--variants must include centroid, the DQE authors' rule, which the tables compare")
     if args.quick:
         args.datasets, args.seeds, args.limit = ["cr", "trec"], [0], 600
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -550,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 started = time.perf_counter()
                 model = Model(args.model, seed, args.encoder_epochs)
-                records = dqe_runs(data, model) if part == "dqe" else noise_runs(data, model, kind, rate)
+                records = dqe_runs(data, model, args.variants) if part == "dqe" else noise_runs(data, model, kind, rate)
                 run["seeds"][str(seed)] = records
                 run.setdefault("machine", {})[str(seed)] = {**machine(), "seconds": time.perf_counter() - started}
                 summary = {r.get("variant", r.get("method")): round(r["accuracy"], 4) for r in records}

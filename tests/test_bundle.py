@@ -350,8 +350,14 @@ def test_training_ranks_match_the_gpus():
     """train.num_processes (one rank per GPU) equals the GPU cluster's workers, one L40S each."""
     config = load_config(ROOT / "conf" / "databricks.yaml", dataset="cr")
     for target in TARGETS:
-        gpu = {c["job_cluster_key"]: c for c in jobs(resolve(target))["dqe_pipeline"]["job_clusters"]}["gpu"]
+        job = jobs(resolve(target))["dqe_pipeline"]
+        gpu = {c["job_cluster_key"]: c for c in job["job_clusters"]}["gpu"]
         assert int(gpu["new_cluster"]["num_workers"]) == config.train.num_processes, target
+        # The job passes the GPU count on, so that changing the gpu_workers variable alone keeps them equal.
+        train_task = next(t for t in job["tasks"] if t["task_key"] == "train")
+        parameters = train_task["spark_python_task"]["parameters"]
+        overrides = [parameters[i + 1] for i, p in enumerate(parameters) if p == "--set"]
+        assert f"train.num_processes={gpu['new_cluster']['num_workers']}" in overrides, target
 
 
 def test_every_task_retries_and_times_out(pipeline):
