@@ -48,6 +48,7 @@ def main() -> None:
     config = load_config(dataset="mr", overrides=["spark.hive_metastore=false", "storage.work_dir=/tmp/dqe_embed_bench"])
     device = pick_device(config.embed.device)
 
+    load_at_start = os.getloadavg()
     model = SentenceTransformer(resolve_model(config.embed.model), device=device)
     started = time.perf_counter()
     direct = model.encode(texts, batch_size=config.embed.batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -71,6 +72,8 @@ def main() -> None:
         "device": device,
         "cuda": torch.cuda.is_available(),
         "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "direct_encode": {"seconds": round(direct_seconds, 1), "rows_per_s": round(len(texts) / direct_seconds, 1)},
         "spark_udf": {"seconds": round(udf_seconds, 1), "rows_per_s": round(len(texts) / udf_seconds, 1)},
         "udf_overhead": round(udf_seconds / direct_seconds - 1.0, 3),

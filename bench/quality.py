@@ -6,7 +6,8 @@ DQE-curated set with the ``centroid`` rule, (c) the same with ``kcenter``, (d) a
 curated model against (a) and (d), and wall times; and (e) the centroid procedure run in both directions
 (a second model fitted on ``unsampled`` predicts ``sampled``; its noisy rows leave the set too). Part ``noise`` (§2): 10% and 20% of the training labels
 flipped, uniformly or class-conditionally; the rows flagged by DQE (one direction, and both directions) and by
-``cleanlab.filter.find_label_issues`` on 5-fold out-of-fold probabilities are scored against the known flips,
+``cleanlab.filter.find_label_issues`` on 5-fold out-of-fold probabilities (and, to separate the rule from the
+folds, on DQE's own two halves as folds) are scored against the known flips,
 and the test accuracy after training on each method's cleaned set (for DQE: its curated set, and beyond the
 paper every row but the flagged ones) is compared with the noisy full set and with the truly clean rows.
 
@@ -325,12 +326,13 @@ def flag_scores(flagged: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
     return {"flagged": int(len(flagged)), "precision": precision, "recall": recall, "f1": f1}
 
 
-def cleanlab_issues(vectors: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
-    """Positions ``cleanlab.filter.find_label_issues`` flags on 5-fold out-of-fold probabilities of the linear
-    model family (logistic regression on the embeddings, as ``linear`` fits it)."""
+def cleanlab_issues(vectors: np.ndarray, labels: np.ndarray, seed: int, folds: np.ndarray | None = None) -> np.ndarray:
+    """Positions ``cleanlab.filter.find_label_issues`` flags on out-of-fold probabilities of the linear model
+    family (logistic regression on the embeddings, as ``linear`` fits it): 5 stratified folds, or the given fold
+    of each row (e.g. DQE's two halves)."""
     from cleanlab.filter import find_label_issues
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import PredefinedSplit, StratifiedKFold, cross_val_predict
 
     classes = sorted(set(labels.tolist()))
     target = np.searchsorted(np.asarray(classes, dtype=object), labels)
@@ -338,7 +340,7 @@ def cleanlab_issues(vectors: np.ndarray, labels: np.ndarray, seed: int) -> np.nd
         LogisticRegression(C=1.0, max_iter=2000, random_state=seed),
         vectors,
         target,
-        cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+        cv=StratifiedKFold(5, shuffle=True, random_state=seed) if folds is None else PredefinedSplit(folds),
         method="predict_proba",
     )
     return np.flatnonzero(find_label_issues(target, probabilities))
@@ -358,6 +360,10 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
     started = time.perf_counter()
     issues = cleanlab_issues(data.train_vectors, noisy, model.seed)
     cleanlab_seconds = time.perf_counter() - started
+    # The same confident-learning filter on DQE's own two halves as folds: is the gap the rule or the folds?
+    started = time.perf_counter()
+    issues_on_halves = cleanlab_issues(data.train_vectors, noisy, model.seed, folds=outcome.sampled.astype(int))
+    halves_seconds = time.perf_counter() - started
 
     methods = {
         "noisy_full": (everything, None, None),
@@ -367,6 +373,7 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
         # Beyond the paper: DQE as a pure noise filter, every row but the flagged ones.
         "dqe_both_filter": (np.setdiff1d(everything, outcome.flagged), outcome.flagged, both_seconds),
         "cleanlab": (np.setdiff1d(everything, issues), issues, cleanlab_seconds),
+        "cleanlab_on_dqe_halves": (np.setdiff1d(everything, issues_on_halves), issues_on_halves, halves_seconds),
         "oracle_clean": (np.flatnonzero(~flipped), None, None),
     }
     correct_noisy, predicted_noisy, _ = model.test_correctness(data, everything, noisy)
@@ -401,9 +408,14 @@ def load_results() -> dict:
     return {"runs": {}}
 
 
-def save_results(results: dict) -> None:
+def save_results(results: dict, keys: set[str]) -> dict:
+    """Write this run's ``keys`` into the results file as it is now (another run may have added its own since
+    this one started) and return the merged results."""
+    merged = load_results()
+    merged["runs"].update({key: results["runs"][key] for key in keys})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    return merged
 
 
 def _mean_std(values: list[float], digits: int = 4) -> str:
@@ -530,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
 
     results = load_results() if not args.quick else {"runs": {}}
+    touched: set[str] = set()
     for name in args.datasets:
         print(f"{name}: loading", flush=True)
         data = load_dataset(name, args.limit)
@@ -561,10 +574,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.setdefault("machine", {})[str(seed)] = {**machine(), "seconds": time.perf_counter() - started}
                 summary = {r.get("variant", r.get("method")): round(r["accuracy"], 4) for r in records}
                 print(f"  {key} seed {seed}: {summary} ({time.perf_counter() - started:.0f} s)", flush=True)
+                touched.add(key)
                 if not args.quick:
-                    save_results(results)
-    if not args.quick:
-        write_readme_tables(results)
+                    merged = save_results(results, touched)
+    if not args.quick and touched:
+        write_readme_tables(merged)
     return 0
 
 

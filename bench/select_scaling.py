@@ -133,6 +133,10 @@ def main() -> int:
         print(json.dumps(results[-1]), flush=True)
     spark.stop()
     report["results"] = results
+    # t = fixed + per_row · N by least squares: the fixed part is Spark's per-job overhead, the slope the real cost.
+    slope, intercept = np.polyfit([r["rows"] for r in results], [r["seconds"] for r in results], 1)
+    report["linear_fit"] = {"fixed_seconds": round(float(intercept), 2), "seconds_per_1000_rows": round(1000 * float(slope), 3)}
+    print(json.dumps(report["linear_fit"]), flush=True)
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.quick:
         print("quick run: no JSON written")
