@@ -341,12 +341,21 @@ def test_causal_lm_with_deepspeed_zero3_in_process(tiny_chat_model: str, tmp_pat
 # -- through Spark ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("backend", "deepspeed_config", "zero_stage"),
-    [("encoder", ZERO2, 2), ("causal_lm", ZERO3, 3)],
-    ids=["encoder-zero2", "causal_lm-zero3"],
+    ("backend", "deepspeed_config", "zero_stage", "local_mode"),
+    [("encoder", ZERO2, 2, True), ("causal_lm", ZERO3, 3, True), ("encoder", ZERO2, 2, False)],
+    # local_mode=False is the Databricks path (train.spark_local_mode: false): the ranks run as Spark barrier
+    # tasks on the executors, not as processes beside the driver.
+    ids=["encoder-zero2", "causal_lm-zero3", "encoder-zero2-as-spark-tasks"],
 )
 def test_two_processes_through_the_spark_deepspeed_distributor(
-    spark, tiny_bert: str, tiny_chat_model: str, tmp_path: Path, backend: str, deepspeed_config: str, zero_stage: int
+    spark,
+    tiny_bert: str,
+    tiny_chat_model: str,
+    tmp_path: Path,
+    backend: str,
+    deepspeed_config: str,
+    zero_stage: int,
+    local_mode: bool,
 ) -> None:
     texts, labels = keyword_rows(32, seed=0)
     config = TrainConfig(
@@ -360,7 +369,7 @@ def test_two_processes_through_the_spark_deepspeed_distributor(
         distributor="spark",
         num_processes=2,
     )
-    trainer = make_trainer(config, work_dir=tmp_path).fit(texts, labels)
+    trainer = make_trainer(config, work_dir=tmp_path, spark_local_mode=local_mode).fit(texts, labels)
     assert trainer.metrics_["train_processes"] == 2
     assert trainer.metrics_["deepspeed_zero_stage"] == zero_stage
     assert len(trainer.step_history_) == 2
