@@ -33,6 +33,10 @@ class Table(str, Enum):
     RUNS = "runs"
 
 
+# The values of the selection table's ``split`` column: the diverse half the model is trained on, and the rest.
+SPLITS = ("sampled", "unsampled")
+
+
 @dataclass(frozen=True)
 class Catalog:
     catalog: str | None

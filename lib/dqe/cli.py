@@ -53,7 +53,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqe", description="Data-quality engine for labelled text (DQE on Spark)")
     commands = parser.add_subparsers(dest="command", required=True)
-    from dqe.train import SPLITS
+    from dqe.catalog import SPLITS
 
     for stage in STAGES:
         stage_parser = commands.add_parser(stage, help=f"run the {stage} stage")

@@ -35,12 +35,12 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from dqe.catalog import Catalog, Table
+from dqe.catalog import SPLITS, Catalog, Table
 from dqe.config import DqeConfig
 from dqe.errors import InputError, StageError
 from dqe.lakehouse import last_commit, stage_run
 from dqe.tracking import configure_mlflow, model_uri_for_split, pinned_model_uri
-from dqe.train import SPLITS, check_split, split_rows
+from dqe.train import check_split, split_rows
 
 
 def infer(

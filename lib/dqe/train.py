@@ -22,14 +22,12 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dqe.catalog import Catalog, Table
+from dqe.catalog import SPLITS, Catalog, Table
 from dqe.config import DqeConfig
 from dqe.embed import model_identifier
 from dqe.errors import InputError
 from dqe.lakehouse import StageRun, stage_run
 from dqe.tracking import configure_mlflow, model_uri_for_split, registered_model_name, split_alias
-
-SPLITS = ("sampled", "unsampled")
 
 
 def check_split(split: str) -> None:
