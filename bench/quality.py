@@ -425,6 +425,23 @@ def _mean_std(values: list[float], digits: int = 4) -> str:
     return f"{array.mean():.{digits}f} ± {array.std(ddof=1):.{digits}f}"
 
 
+def records_by(run: dict, field: str) -> dict[str, list[dict]]:
+    """A run's records of every seed, grouped by ``field`` (the variant or the method)."""
+    grouped: dict[str, list[dict]] = {}
+    for seed_records in run["seeds"].values():
+        for record in seed_records:
+            grouped.setdefault(record[field], []).append(record)
+    return grouped
+
+
+def _accuracy(records: list[dict]) -> str:
+    return _mean_std([r["accuracy"] for r in records]) if records else "–"
+
+
+def _p_values(records: list[dict], side: str) -> str:
+    return " / ".join(_mean_std([r[side][test] for r in records], 3) for test in ("p_ttest", "p_mcnemar"))
+
+
 def dqe_table(results: dict, model: str) -> str:
     lines = [
         "| dataset | train rows | full acc | centroid acc | kcenter acc | centroid both-directions acc | "
@@ -436,25 +453,15 @@ def dqe_table(results: dict, model: str) -> str:
     for run in sorted(results["runs"].values(), key=lambda run: DATASETS.index(run["dataset"])):
         if run["part"] != "dqe" or run["model"] != model:
             continue
-        by_variant: dict[str, list[dict]] = {}
-        for seed_records in run["seeds"].values():
-            for record in seed_records:
-                by_variant.setdefault(record["variant"], []).append(record)
+        by_variant = records_by(run, "variant")
         full, cen, kc, both, rnd = (
             by_variant.get(v, []) for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "random_centroid")
         )
-
-        def accuracy(records: list[dict]) -> str:
-            return _mean_std([r["accuracy"] for r in records]) if records else "–"
-
-        def p_values(records: list[dict], side: str) -> str:
-            return " / ".join(_mean_std([r[side][test] for r in records], 3) for test in ("p_ttest", "p_mcnemar"))
-
         lines.append(
-            f"| {run['dataset']} | {full[0]['rows']} | {accuracy(full)} | {accuracy(cen)} | {accuracy(kc)} | "
-            f"{accuracy(both)} | {accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
+            f"| {run['dataset']} | {full[0]['rows']} | {_accuracy(full)} | {_accuracy(cen)} | {_accuracy(kc)} | "
+            f"{_accuracy(both)} | {_accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
             f"{_mean_std([r['macro_f1'] for r in cen], 3)} vs {_mean_std([r['macro_f1'] for r in full], 3)} | "
-            f"{p_values(cen, 'vs_full')} | {p_values(cen, 'vs_random')} | "
+            f"{_p_values(cen, 'vs_full')} | {_p_values(cen, 'vs_random')} | "
             f"{_mean_std([r['train_seconds'] for r in full], 1)} / "
             f"{_mean_std([r['procedure_seconds'] + r['train_seconds'] for r in cen], 1)} |"
         )
@@ -471,11 +478,7 @@ def noise_table(results: dict, model: str) -> str:
     ):
         if run["part"] != "noise" or run["model"] != model:
             continue
-        by_method: dict[str, list[dict]] = {}
-        for seed_records in run["seeds"].values():
-            for record in seed_records:
-                by_method.setdefault(record["method"], []).append(record)
-        for method, records in by_method.items():
+        for method, records in records_by(run, "method").items():
             flags = "flagged" in records[0]
             cells = [
                 _mean_std([r["flagged"] for r in records], 0) if flags else "",

@@ -97,7 +97,7 @@ def _as_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _check_criterion(criterion: Any) -> str:
+def check_criterion(criterion: Any) -> str:
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(map(repr, CRITERIA))}")
     return criterion
@@ -143,7 +143,7 @@ def greedy_select(
     memory. Raises ``ValueError`` for invalid input: not 2-D, ragged rows, empty, NaN/inf, ``k`` outside ``1..n``,
     ``start`` outside ``0..n-1``, an unknown criterion or device, or a CUDA device that torch cannot see.
     """
-    criterion = _check_criterion(criterion)
+    criterion = check_criterion(criterion)
     torch_device = _torch_device(device)
     matrix = _as_matrix(vectors)
     k, start = _check_k_start(k, start, len(matrix))
@@ -162,7 +162,7 @@ def naive_greedy(vectors: Any, k: int, criterion: str = "centroid", start: int =
     differences. K-center: the distances of every row to every selected row are recomputed (as one product).
     Ties go to the lowest position. Same arguments and result as :func:`greedy_select`.
     """
-    criterion = _check_criterion(criterion)
+    criterion = check_criterion(criterion)
     matrix = _as_matrix(vectors).astype(np.float64)
     k, start = _check_k_start(k, start, len(matrix))
     squared_norms = np.einsum("ij,ij->i", matrix, matrix)
@@ -202,7 +202,7 @@ def check_trace(vectors: Any, order: Any, criterion: str, rtol: float = 1e-5) ->
     Cost: one float64 matrix-matrix product per block of steps plus a few passes over (steps x rows), i.e.
     ``O(k n d)`` FLOPs at BLAS-3 speed (seconds for n = 50,000, k = 25,000 on two cores).
     """
-    criterion = _check_criterion(criterion)
+    criterion = check_criterion(criterion)
     matrix = _as_matrix(vectors).astype(np.float64)
     n_rows, dim = matrix.shape
     order = _check_order(order, n_rows)

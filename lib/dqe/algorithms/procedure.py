@@ -24,7 +24,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from dqe.algorithms.greedy import CRITERIA, greedy_select
+from dqe.algorithms.greedy import check_criterion, greedy_select
 from dqe.algorithms.triage_rule import NOISY, Curation, categorize, curate, drop_reverse_noise
 
 FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -61,8 +61,7 @@ def select_per_label(
     Each label's greedy run starts from a random row drawn with ``seed``; labels are visited in sorted order so
     that the draws do not depend on row order.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(map(repr, CRITERIA))}")
+    check_criterion(criterion)  # here too: a label whose quota rounds to 0 never reaches greedy_select
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be between 0 and 1 (exclusive); got {ratio}")
     label_array = np.asarray(labels, dtype=object)
