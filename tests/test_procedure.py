@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dqe.algorithms.procedure import run_dqe, select_per_label
-from dqe.algorithms.triage_rule import NOISY
+from dqe.algorithms.confident import label_issues
+from dqe.algorithms.procedure import probabilities_over, run_dqe, select_per_label
+from dqe.algorithms.triage_rule import DIFFICULT, NOISY, UNCOVERED
 from dqe.trainers.linear import LinearTrainer
 
 
@@ -19,11 +20,26 @@ def blobs(n_per_class: int = 40, classes: int = 3, dim: int = 16, seed: int = 0)
 
 
 def one_nearest_neighbour(vectors: np.ndarray, labels: np.ndarray):
-    """A real (if simple) model for the strategy slot: the label of the most similar training row."""
+    """A real (if simple) model for the strategy slot: all probability on the label of the most similar
+    training row."""
+    classes = sorted(set(labels.tolist()))
 
     def fit_predict(train: np.ndarray, predict: np.ndarray) -> np.ndarray:
         nearest = np.argmax(vectors[predict] @ vectors[train].T, axis=1)
-        return labels[train][nearest]
+        return (labels[train][nearest][:, None] == np.asarray(classes, dtype=object)[None, :]).astype(float)
+
+    return fit_predict
+
+
+def linear_model(vectors: np.ndarray, labels: np.ndarray):
+    """The project's linear trainer in the strategy slot, with real probabilities."""
+    classes = sorted(set(labels.tolist()))
+    texts = [f"t{i}" for i in range(len(labels))]
+
+    def fit_predict(train: np.ndarray, predict: np.ndarray) -> np.ndarray:
+        model = LinearTrainer(calibrate=False).fit([texts[i] for i in train], list(labels[train]), vectors[train])
+        found = model.predict([texts[i] for i in predict], vectors[predict])
+        return probabilities_over(classes, list(model.classes_), found.probabilities)
 
     return fit_predict
 
@@ -123,3 +139,57 @@ def test_linear_calibration_changes_confidences_not_labels():
     assert first.labels == second.labels
     assert not np.allclose(first.confidence, second.confidence)
     assert plain.metrics_["calibration_folds"] == 0 and calibrated.metrics_["calibration_folds"] == 5
+
+
+def flipped_blobs(seed: int, n_flips: int = 24):
+    vectors, labels = blobs(n_per_class=80, classes=3, seed=seed)
+    labels = labels.copy()
+    flipped = np.random.default_rng(seed).choice(len(labels), n_flips, replace=False)
+    labels[flipped] = np.where(labels[flipped] == "c0", "c1", "c0")
+    return vectors, labels, flipped
+
+
+def test_confident_learning_rule_flags_what_confident_learning_flags_among_the_wrong_rows():
+    vectors, labels, flipped = flipped_blobs(seed=9)
+    outcome = run_dqe(
+        vectors, labels, linear_model(vectors, labels), seed=3, both_directions=True, noise_rule="confident_learning"
+    )
+    assert not np.isnan(outcome.probabilities).any()  # both directions: every row has an out-of-sample prediction
+    classes = np.asarray(sorted(set(labels.tolist())), dtype=object)
+    issues = label_issues(np.searchsorted(classes, labels), outcome.probabilities)
+    for frame in (outcome.forward, outcome.reverse):
+        noisy = frame["category"] == NOISY
+        assert np.array_equal(issues[frame["row"]], noisy.to_numpy())
+        assert set(frame.loc[~noisy, "category"]) <= {DIFFICULT, UNCOVERED}
+    assert set(outcome.flagged) == set(np.flatnonzero(issues))  # confident learning never flags a right prediction
+    assert len(set(outcome.flagged) & set(flipped)) >= 0.8 * len(flipped)
+    assert not set(outcome.flagged) & set(outcome.curation.positions)
+
+
+def test_probabilities_give_the_predictions_the_neighbor_rule_triages():
+    vectors, labels, _ = flipped_blobs(seed=10)
+    outcome = run_dqe(vectors, labels, linear_model(vectors, labels), seed=0)
+    classes = np.asarray(sorted(set(labels.tolist())), dtype=object)
+    unsampled = ~outcome.sampled
+    assert np.isnan(outcome.probabilities[outcome.sampled]).all()
+    wrong = np.flatnonzero(unsampled & (classes[np.nan_to_num(outcome.probabilities).argmax(axis=1)] != labels))
+    assert np.array_equal(outcome.forward["row"].to_numpy(), wrong)
+
+
+def test_confident_learning_needs_both_directions_and_fit_predict_must_return_probabilities():
+    vectors, labels = blobs()
+    with pytest.raises(ValueError, match="both_directions"):
+        run_dqe(vectors, labels, one_nearest_neighbour(vectors, labels), noise_rule="confident_learning")
+    with pytest.raises(ValueError, match="noise_rule"):
+        run_dqe(vectors, labels, one_nearest_neighbour(vectors, labels), noise_rule="knn")
+
+    def labels_only(train, predict):
+        return labels[predict]
+
+    with pytest.raises(ValueError, match=r"class probabilities of shape \(60, 3\)"):
+        run_dqe(vectors, labels, labels_only)
+
+
+def test_probabilities_over_puts_each_trained_class_in_its_column():
+    expanded = probabilities_over(["a", "b", "c"], ["c", "a"], np.array([[0.9, 0.1], [0.2, 0.8]]))
+    assert np.array_equal(expanded, [[0.1, 0.0, 0.9], [0.8, 0.0, 0.2]])

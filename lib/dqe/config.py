@@ -157,8 +157,21 @@ class TriageConfig(_Strict):
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(16, ge=1)
     both_directions: bool = False
+    # neighbor: the paper's rule (a wrong row whose nearest neighbour has another label is noisy);
+    # confident_learning: a wrong row is noisy when confident learning on the two directions' out-of-sample
+    # probabilities calls its label wrong (dqe.algorithms.confident). It needs both directions.
+    noise_rule: Literal["neighbor", "confident_learning"] = "neighbor"
     noisy_policy: Literal["drop_flagged", "drop_pair", "relabel"] = "drop_flagged"
     judge: JudgeConfig = JudgeConfig()
+
+    @model_validator(mode="after")
+    def _confident_learning_needs_both_directions(self) -> "TriageConfig":
+        if self.noise_rule == "confident_learning" and not self.both_directions:
+            raise ValueError(
+                "noise_rule 'confident_learning' needs an out-of-sample probability for every row: "
+                "set triage.both_directions to true"
+            )
+        return self
 
 
 class EvaluateConfig(_Strict):

@@ -3,13 +3,17 @@ mistakes, build the curated set (Zeng et al., COLING 2025; METHODS.md §1).
 
 The Spark stages do the same at scale, partition by partition; this module is the single-machine version for
 notebooks and benchmarks, and it reuses the same pieces (:func:`~dqe.algorithms.greedy.greedy_select`,
-:func:`~dqe.algorithms.triage_rule.categorize`, :func:`~dqe.algorithms.triage_rule.curate`). The model is a
-strategy: any ``fit_predict(train_positions, predict_positions) -> predicted labels`` callable, so the same
-procedure runs with the linear trainer on embeddings or a fine-tuned encoder::
+:func:`~dqe.algorithms.triage_rule.categorize`, :func:`~dqe.algorithms.triage_rule.curate`,
+:func:`~dqe.algorithms.confident.label_issues`). The model is a strategy: any ``fit_predict(train_positions,
+predict_positions) -> class probabilities`` callable (one column per label, labels sorted; the prediction is the
+most probable), so the same procedure runs with the linear trainer on embeddings or a fine-tuned encoder::
+
+    classes = sorted(set(labels))
 
     def fit_predict(train, predict):
         model = LinearTrainer().fit(texts[train], labels[train], vectors[train])
-        return np.asarray(model.predict(texts[predict], vectors[predict]).labels, dtype=object)
+        found = model.predict(texts[predict], vectors[predict])
+        return probabilities_over(classes, model.classes_, found.probabilities)
 
     outcome = run_dqe(vectors, labels, fit_predict, criterion="centroid", seed=0, both_directions=True)
     outcome.curation.positions                # rows to train on
@@ -24,10 +28,11 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
+from dqe.algorithms.confident import label_issues
 from dqe.algorithms.greedy import check_criterion, greedy_select
 from dqe.algorithms.triage_rule import NOISY, Curation, categorize, curate, drop_reverse_noise
 
-FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train, predict) -> probabilities
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,15 @@ class DqeOutcome:
     ``sampled``: bool per row. ``forward``: triage of the wrong unsampled rows (``categorize``'s frame).
     ``reverse``: triage of the wrong sampled rows when the procedure also ran the other way (a model fitted on
     ``unsampled`` predicting ``sampled``), else None. ``curation``: the curated set, with rows flagged noisy in
-    either direction left out.
+    either direction left out. ``probabilities``: each row's out-of-sample class probabilities (columns: the
+    labels, sorted), NaN for sampled rows when only one direction ran.
     """
 
     sampled: np.ndarray
     forward: pd.DataFrame
     reverse: pd.DataFrame | None
     curation: Curation
+    probabilities: np.ndarray
 
     @property
     def flagged(self) -> np.ndarray:
@@ -80,6 +87,16 @@ def select_per_label(
     return sampled
 
 
+def probabilities_over(classes: list, trained_classes: list, probabilities: np.ndarray) -> np.ndarray:
+    """A trainer's probabilities (columns: the ``trained_classes`` it saw) as columns over all ``classes``; a
+    class missing from its training half gets probability 0."""
+    expanded = np.zeros((len(probabilities), len(classes)))
+    column = {label: i for i, label in enumerate(classes)}
+    for source, label in enumerate(trained_classes):
+        expanded[:, column[label]] = probabilities[:, source]
+    return expanded
+
+
 def run_dqe(
     vectors: np.ndarray,
     labels: np.ndarray,
@@ -89,28 +106,53 @@ def run_dqe(
     criterion: str = "centroid",
     seed: int = 0,
     both_directions: bool = False,
+    noise_rule: Literal["neighbor", "confident_learning"] = "neighbor",
     policy: Literal["drop_flagged", "drop_pair"] = "drop_flagged",
 ) -> DqeOutcome:
     """Run DQE once: select, fit on ``sampled``, predict ``unsampled``, triage, curate.
 
     With ``both_directions`` a second model fitted on ``unsampled`` predicts ``sampled`` (a two-fold cross-fit),
     so that every row gets an out-of-sample prediction; the rows it flags noisy leave the curated set too (and,
-    under ``drop_pair``, their neighbours), as in the Spark ``curate`` stage.
+    under ``drop_pair``, their neighbours), as in the Spark ``curate`` stage. ``noise_rule="confident_learning"``
+    (needs both directions) calls a wrong row noisy when confident learning on those probabilities flags its
+    label, instead of when its nearest neighbour's label differs (``triage.noise_rule`` in the Spark stage).
     """
+    if noise_rule not in ("neighbor", "confident_learning"):
+        raise ValueError(f"noise_rule must be 'neighbor' or 'confident_learning', got {noise_rule!r}")
+    if noise_rule == "confident_learning" and not both_directions:
+        raise ValueError("noise_rule='confident_learning' needs both_directions=True: a probability for every row")
     label_array = np.asarray(labels, dtype=object)
+    classes = np.asarray(sorted(set(label_array.tolist())), dtype=object)
     sampled = select_per_label(vectors, label_array, ratio=ratio, criterion=criterion, seed=seed)
     train, held_out = np.flatnonzero(sampled), np.flatnonzero(~sampled)
+    probabilities = np.full((len(label_array), len(classes)), np.nan)
+    probabilities[held_out] = _checked(fit_predict(train, held_out), len(held_out), len(classes))
+    if both_directions:
+        probabilities[train] = _checked(fit_predict(held_out, train), len(train), len(classes))
     predicted = np.full(len(label_array), None, dtype=object)
-    predicted[held_out] = fit_predict(train, held_out)
-    forward = categorize(vectors, label_array, sampled, predicted)
+    predicted[held_out] = classes[probabilities[held_out].argmax(axis=1)]
+    mislabelled = None
+    if noise_rule == "confident_learning":
+        mislabelled = label_issues(np.searchsorted(classes, label_array), probabilities)
+    forward = categorize(vectors, label_array, sampled, predicted, mislabelled=mislabelled)
     result = curate(forward, label_array, sampled, policy=policy)
     reverse = None
     if both_directions:
         predicted_back = np.full(len(label_array), None, dtype=object)
-        predicted_back[train] = fit_predict(held_out, train)
+        predicted_back[train] = classes[probabilities[train].argmax(axis=1)]
         # The rule triages the "unsampled" side, so the roles of the two halves are swapped for this direction.
-        reverse = categorize(vectors, label_array, ~sampled, predicted_back)
+        reverse = categorize(vectors, label_array, ~sampled, predicted_back, mislabelled=mislabelled)
         fates = result.fates.copy()
         drop_reverse_noise(fates, reverse, policy)
         result = Curation(positions=np.flatnonzero(fates["curated"].to_numpy()).astype(np.int64), fates=fates)
-    return DqeOutcome(sampled=sampled, forward=forward, reverse=reverse, curation=result)
+    return DqeOutcome(sampled=sampled, forward=forward, reverse=reverse, curation=result, probabilities=probabilities)
+
+
+def _checked(probabilities: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
+    array = np.asarray(probabilities)
+    if array.shape != (n_rows, n_classes) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(
+            f"fit_predict must return class probabilities of shape ({n_rows}, {n_classes}): one row per predicted "
+            f"position, one column per label (sorted); got shape {array.shape} of {array.dtype}"
+        )
+    return array.astype(np.float64)

@@ -3,7 +3,8 @@
 Each unsampled row the model got wrong is explained by its single most cosine-similar other row among *all* rows
 (ties to the lowest position):
 
-- ``noisy``: the neighbour's label differs, so one of the two is probably mislabelled;
+- ``noisy``: the neighbour's label differs, so one of the two is probably mislabelled (or, with another noise
+  rule such as confident learning, that rule flags the row: see :func:`assign_categories`);
 - ``difficult``: same label and the neighbour was sampled, so the model saw its like and still fails;
 - ``uncovered``: same label and the neighbour was not sampled, so nothing like it was in training.
 
@@ -47,22 +48,34 @@ def _check_vector(values: object, n_rows: int | None, name: str) -> np.ndarray:
     return array
 
 
-def _check_sampled(sampled: object, n_rows: int) -> np.ndarray:
-    array = _check_vector(sampled, n_rows, "sampled")
+def _check_mask(values: object, n_rows: int, name: str, meaning: str) -> np.ndarray:
+    array = _check_vector(values, n_rows, name)
     if array.dtype != np.bool_:
-        raise ValueError(f"sampled must be a boolean array (True = in the sampled half), got dtype {array.dtype}")
+        raise ValueError(f"{name} must be a boolean array (True = {meaning}), got dtype {array.dtype}")
     return array
 
 
+def _check_sampled(sampled: object, n_rows: int) -> np.ndarray:
+    return _check_mask(sampled, n_rows, "sampled", "in the sampled half")
+
+
 def assign_categories(
-    labels: np.ndarray, sampled: np.ndarray, rows: np.ndarray, neighbors: np.ndarray
+    labels: np.ndarray,
+    sampled: np.ndarray,
+    rows: np.ndarray,
+    neighbors: np.ndarray,
+    mislabelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """Category of each wrong row given its neighbour's position: the rule alone, for callers that searched
-    neighbours themselves (e.g. partition by partition with :func:`~dqe.algorithms.neighbors.reduce_best`)."""
+    neighbours themselves (e.g. partition by partition with :func:`~dqe.algorithms.neighbors.reduce_best`).
+
+    ``mislabelled`` (bool per row, e.g. :func:`dqe.algorithms.confident.label_issues`) replaces the paper's noise
+    test: a wrong row is noisy when it is flagged there, whatever its neighbour's label; the others are difficult
+    or uncovered by where their neighbour is."""
     if (neighbors == NO_NEIGHBOR).any():
         raise ValueError("every wrong row needs a neighbour; found NO_NEIGHBOR")
-    same_label = labels[rows] == labels[neighbors]
-    return np.where(~same_label, NOISY, np.where(sampled[neighbors], DIFFICULT, UNCOVERED)).astype(object)
+    noisy = labels[rows] != labels[neighbors] if mislabelled is None else mislabelled[rows]
+    return np.where(noisy, NOISY, np.where(sampled[neighbors], DIFFICULT, UNCOVERED)).astype(object)
 
 
 def categorize(
@@ -74,6 +87,7 @@ def categorize(
     index: Literal["flat", "ivf"] = "flat",
     nlist: int = 1024,
     nprobe: int = 16,
+    mislabelled: object | None = None,
 ) -> pd.DataFrame:
     """Triage every unsampled row whose prediction differs from its label.
 
@@ -90,6 +104,8 @@ def categorize(
     index, nlist, nprobe :
         Passed to :func:`~dqe.algorithms.neighbors.top1_neighbors`. With ``"ivf"`` the rare row whose probed
         lists hold no other row is searched again exactly, so every wrong row gets a neighbour.
+    mislabelled : bool array of shape (n_rows,), optional
+        Rows another noise rule flagged (see :func:`assign_categories`); by default the neighbour's label decides.
 
     Returns
     -------
@@ -109,6 +125,7 @@ def categorize(
     if missing.any():
         raise ValueError(f"predicted is missing for unsampled rows {np.flatnonzero(missing)[:5].tolist()}")
 
+    flags = None if mislabelled is None else _check_mask(mislabelled, n_rows, "mislabelled", "flagged noisy")
     wrong = np.flatnonzero(unsampled & (predicted_array != label_array))
     if wrong.size and n_rows < 2:
         raise ValueError("triage needs at least 2 rows: a wrong row is explained by another row")
@@ -121,7 +138,7 @@ def categorize(
     return pd.DataFrame(
         {
             "row": wrong.astype(np.int64),
-            "category": assign_categories(label_array, sampled_array, wrong, found.ids),
+            "category": assign_categories(label_array, sampled_array, wrong, found.ids, flags),
             "neighbor": found.ids,
             "similarity": found.similarities,
         }
