@@ -88,3 +88,15 @@ def test_train_spark_local_mode_validates():
     assert load_config(dataset="cr", overrides=["train.spark_local_mode=false"]).train.spark_local_mode is False
     with pytest.raises(ConfigError, match=r"train\.spark_local_mode: .*valid boolean"):
         load_config(dataset="cr", overrides=["train.spark_local_mode=sometimes"])
+
+
+def test_confident_learning_noise_rule_needs_both_directions():
+    with pytest.raises(ConfigError, match="set triage.both_directions to true"):
+        load_config(dataset="cr", overrides=["triage.noise_rule=confident_learning"])
+    config = load_config(
+        dataset="cr", overrides=["triage.noise_rule=confident_learning", "triage.both_directions=true"]
+    )
+    assert config.triage.noise_rule == "confident_learning"
+    assert load_config(dataset="cr").triage.noise_rule == "neighbor"
+    with pytest.raises(ConfigError, match="noise_rule"):
+        load_config(dataset="cr", overrides=["triage.noise_rule=knn"])
