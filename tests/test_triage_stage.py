@@ -36,8 +36,9 @@ def _write(spark, config, table, frame, schema):
     )
 
 
-def _write_inputs(spark, config, raw, vectors, sampled, predicted) -> list[str]:
-    """clean, selection, embeddings and predictions for the rows of ``raw``; returns their row_ids."""
+def _write_inputs(spark, config, raw, vectors, sampled, predicted, probabilities=None) -> list[str]:
+    """clean, selection, embeddings and predictions (with ``probabilities`` maps when given) for the rows of
+    ``raw``; returns their row_ids."""
     row_ids = [f"r{i:04d}" for i in range(len(raw))]
     split = np.where(sampled, "sampled", "unsampled")
     _write(spark, config, Table.CLEAN, pd.DataFrame({"row_id": row_ids, "text": raw["text"], "label": raw["label"], "source": "t"}), "row_id string, text string, label string, source string")
@@ -49,13 +50,12 @@ def _write_inputs(spark, config, raw, vectors, sampled, predicted) -> list[str]:
         pd.DataFrame({"row_id": row_ids, "vector": list(vectors), "model": EMBED_MODEL}),
         "row_id string, vector array<float>, model string",
     )
-    _write(
-        spark,
-        config,
-        Table.PREDICTIONS,
-        pd.DataFrame({"row_id": row_ids, "predicted_label": predicted, "split": split}),
-        "row_id string, predicted_label string, split string",
-    )
+    predictions = pd.DataFrame({"row_id": row_ids, "predicted_label": predicted, "split": split})
+    schema = "row_id string, predicted_label string, split string"
+    if probabilities is not None:
+        predictions["probabilities"] = probabilities
+        schema += ", probabilities map<string, double>"
+    _write(spark, config, Table.PREDICTIONS, predictions, schema)
     return row_ids
 
 

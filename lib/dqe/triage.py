@@ -18,6 +18,16 @@ failure of the model on that row, so it is triaged like any other error rather t
 every row gets an out-of-sample check. For a reverse error, *difficult* means the neighbour was in that model's
 training split (``unsampled``).
 
+``triage.noise_rule`` decides which wrong rows are *noisy*. ``neighbor`` (the paper's rule): the nearest
+neighbour carries another label. That reads labels through a topic embedding, where a same-topic row with a
+legitimately different sentiment or question type looks like a contradiction. ``confident_learning`` (with both
+directions): confident learning (:mod:`dqe.algorithms.confident`) on the two models' out-of-sample probabilities
+flags the row's label; the other wrong rows are *difficult* or *uncovered* by where their neighbour is, and the
+neighbour is still recorded for the judge and ``drop_pair``. On injected noise it finds more flipped labels
+(``bench/README.md``). Distributed: per-class thresholds and the confident joint are aggregations, each row's
+confident class and margins are computed batch by batch in numpy, and the rows to flag per (label, class) cell
+are a ranked window; only class-by-class matrices reach the driver.
+
 Noisy pairs go to the LLM judge when ``triage.judge.enabled``; verdicts are cached in ``judge_cache``.
 """
 
@@ -30,6 +40,13 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from dqe.algorithms.confident import (
+    MIN_ROWS_PER_CLASS,
+    confident_guesses,
+    joint_counts,
+    predicts_given_label,
+    removal_counts,
+)
 from dqe.algorithms.neighbors import NO_NEIGHBOR, reduce_best, top1_neighbors
 from dqe.algorithms.triage_rule import categorize
 from dqe.catalog import Catalog, Table
@@ -38,7 +55,14 @@ from dqe.embed import model_identifier
 from dqe.errors import InputError
 from dqe.lakehouse import StageRun, stage_fingerprint, stage_run
 
-__all__ = ["categorize", "triage", "positioned_rows", "search_partitions", "search_neighbors"]
+__all__ = [
+    "categorize",
+    "confident_learning_flags",
+    "triage",
+    "positioned_rows",
+    "search_partitions",
+    "search_neighbors",
+]
 
 NEIGHBOR_SCHEMA = "query_pos long, neighbor_pos long, similarity double"
 TRAINING_SPLIT = {"forward": "sampled", "reverse": "unsampled"}
@@ -124,6 +148,102 @@ def search_neighbors(spark: SparkSession, corpus: DataFrame, queries: pd.DataFra
     return found
 
 
+def _dense(maps: pd.Series, classes: list[str]) -> np.ndarray:
+    """Probability maps (label → probability, as Arrow hands them over) as a matrix over ``classes``; a class
+    the predicting model never saw has probability 0."""
+    column = {label: i for i, label in enumerate(classes)}
+    matrix = np.zeros((len(maps), len(classes)))
+    for row, entries in enumerate(maps):
+        for label, probability in dict(entries).items():
+            if label in column:
+                matrix[row, column[label]] = probability
+    return matrix
+
+
+def _within_quota(given: np.ndarray, true_class: np.ndarray, margin: np.ndarray, pos: np.ndarray, quota: np.ndarray) -> np.ndarray:
+    """Indices of the candidates ranked within their (given, true class) cell's quota: largest margin first,
+    then lowest ``pos``, as the stage's window ranks them."""
+    order = np.lexsort((pos, -margin, true_class, given))
+    cell_given, cell_class = given[order], true_class[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (cell_given[1:] != cell_given[:-1]) | (cell_class[1:] != cell_class[:-1])
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    return order[np.arange(len(order)) - first < quota[cell_given, cell_class]]
+
+
+def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame:
+    """The ``row_id``s whose label confident learning calls wrong, computed without collecting the probabilities.
+
+    ``scored``: one row per row to judge with ``row_id``, ``pos`` (ties in the margin go to the lower ``pos``),
+    ``label`` and its out-of-sample ``probabilities`` (map label → probability). ``classes``: every label,
+    sorted. The same set as :func:`dqe.algorithms.confident.label_issues` on the rows in ``pos`` order.
+    """
+    spark = scored.sparkSession
+    index = {label: i for i, label in enumerate(classes)}
+    own = F.coalesce(F.try_element_at("probabilities", F.col("label")), F.lit(0.0))
+    means = {r["label"]: r["mean"] for r in scored.groupBy("label").agg(F.avg(own).alias("mean")).collect()}
+    thresholds = np.array([means[label] for label in classes])
+    shared = spark.sparkContext.broadcast((classes, index, thresholds))
+
+    def guess(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        names, positions, limits = shared.value
+        for batch in batches:
+            given = batch["label"].map(positions).to_numpy(dtype=np.int64)
+            found = confident_guesses(_dense(batch["probabilities"], names), limits)
+            yield pd.DataFrame({"given": given, "guess": found})
+
+    pairs = scored.select("label", "probabilities").mapInPandas(guess, "given long, guess long")
+    counted = pairs.groupBy("given", "guess").count().toPandas()
+    joint = joint_counts(
+        counted["given"].to_numpy(), counted["guess"].to_numpy(), len(classes), counts=counted["count"].to_numpy()
+    )
+    label_counts = np.bincount(counted["given"], weights=counted["count"], minlength=len(classes)).astype(np.int64)
+    to_remove = removal_counts(joint, label_counts)
+    to_remove[label_counts <= MIN_ROWS_PER_CLASS] = 0
+    np.fill_diagonal(to_remove, 0)
+    cells = spark.sparkContext.broadcast(to_remove)
+
+    def margins(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        names, positions, _ = shared.value
+        counts = cells.value
+        for batch in batches:
+            given = batch["label"].map(positions).to_numpy(dtype=np.int64)
+            matrix = _dense(batch["probabilities"], names)
+            rows, true_class = np.nonzero(counts[given] > 0)
+            margin = matrix[rows, true_class] - matrix[rows, given[rows]]
+            pos = batch["pos"].to_numpy(dtype=np.int64)[rows]
+            # A row outside its cell's quota within its batch is outside it overall: only the batch's winners
+            # are shuffled to the ranking, not every row once per class it could be flagged as.
+            kept = _within_quota(given[rows], true_class, margin, pos, counts)
+            rows = rows[kept]
+            yield pd.DataFrame(
+                {
+                    "row_id": batch["row_id"].to_numpy()[rows],
+                    "pos": pos[kept],
+                    "given": given[rows],
+                    "true_class": true_class[kept],
+                    "margin": margin[kept],
+                    "predicts_given": predicts_given_label(given, matrix)[rows],
+                }
+            )
+
+    candidates = scored.select("row_id", "pos", "label", "probabilities").mapInPandas(
+        margins, "row_id string, pos long, given long, true_class long, margin double, predicts_given boolean"
+    )
+    quota = spark.createDataFrame(
+        [(int(i), int(j), int(to_remove[i, j])) for i, j in zip(*np.nonzero(to_remove))],
+        "given long, true_class long, quota long",
+    )
+    order = Window.partitionBy("given", "true_class").orderBy(F.col("margin").desc(), F.col("pos").asc())
+    return (
+        candidates.withColumn("rank", F.row_number().over(order))
+        .join(F.broadcast(quota), ["given", "true_class"])
+        .where((F.col("rank") <= F.col("quota")) & ~F.col("predicts_given"))
+        .select("row_id")
+        .distinct()
+    )
+
+
 def _wrong_rows(rows: DataFrame, predictions: DataFrame, direction: str) -> DataFrame:
     return (
         rows.where(F.col("split") == PREDICTED_SPLIT[direction])
@@ -132,7 +252,15 @@ def _wrong_rows(rows: DataFrame, predictions: DataFrame, direction: str) -> Data
     )
 
 
-def triage_direction(spark: SparkSession, rows: DataFrame, predictions: DataFrame, direction: str, cfg: TriageConfig) -> DataFrame:
+def triage_direction(
+    spark: SparkSession,
+    rows: DataFrame,
+    predictions: DataFrame,
+    direction: str,
+    cfg: TriageConfig,
+    mislabelled: DataFrame | None = None,
+) -> DataFrame:
+    """Triage one direction's wrong rows; ``mislabelled`` (``row_id``s) replaces the neighbour-label test."""
     wrong = _wrong_rows(rows, predictions, direction).toPandas()
     columns = "row_id string, label string, predicted_label string, split string, category string, neighbor_row_id string, neighbor_label string, neighbor_split string, similarity double, direction string"
     if wrong.empty:
@@ -146,8 +274,14 @@ def triage_direction(spark: SparkSession, rows: DataFrame, predictions: DataFram
     )
     queries = spark.createDataFrame(wrong[["pos", "row_id", "label", "predicted_label", "split"]]).withColumnRenamed("pos", "query_pos")
     joined = found.join(queries, "query_pos").join(neighbor, "neighbor_pos")
+    if mislabelled is None:
+        noisy = F.col("neighbor_label") != F.col("label")
+    else:
+        flagged = mislabelled.select("row_id", F.lit(True).alias("_flagged"))
+        joined = joined.join(F.broadcast(flagged), "row_id", "left")
+        noisy = F.coalesce(F.col("_flagged"), F.lit(False))
     category = (
-        F.when(F.col("neighbor_label") != F.col("label"), "noisy")
+        F.when(noisy, "noisy")
         .when(F.col("neighbor_split") == TRAINING_SPLIT[direction], "difficult")
         .otherwise("uncovered")
     )
@@ -253,9 +387,17 @@ def triage(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
                     f"triage ({direction}) needs a prediction for every {split} row: {covered} of {expected} have one "
                     f"(run dqe infer{' for the sampled split' if direction == 'reverse' else ''})"
                 )
+        mislabelled = None
+        if config.triage.noise_rule == "confident_learning":
+            # Each row's own split is the one it was predicted on: forward predicts unsampled, reverse sampled.
+            scored = rows.select("row_id", "pos", "label", "split").join(
+                predictions.select("row_id", "split", "probabilities"), ["row_id", "split"]
+            )
+            classes = sorted(r.label for r in rows.select("label").distinct().collect())
+            mislabelled = confident_learning_flags(scored, classes).localCheckpoint()
         triaged = None
         for direction in directions:
-            part = triage_direction(spark, rows, predictions, direction, config.triage)
+            part = triage_direction(spark, rows, predictions, direction, config.triage, mislabelled)
             triaged = part if triaged is None else triaged.unionByName(part)
         triaged = _judge_noisy(spark, config, run, catalog, triaged.localCheckpoint())
         written = run.write(triaged, catalog.name(Table.TRIAGE))

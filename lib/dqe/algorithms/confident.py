@@ -67,12 +67,14 @@ def confident_guesses(probabilities: np.ndarray, thresholds: np.ndarray) -> np.n
     return np.where(n_confident > 0, guess, NO_GUESS).astype(np.int64)
 
 
-def joint_counts(labels: np.ndarray, guesses: np.ndarray, n_classes: int) -> np.ndarray:
+def joint_counts(labels: np.ndarray, guesses: np.ndarray, n_classes: int, counts: np.ndarray | None = None) -> np.ndarray:
     """The confident joint before calibration: rows = given label, columns = guessed class; every diagonal cell is
-    at least 1, so that each class counts as carrying at least one correct label."""
+    at least 1, so that each class counts as carrying at least one correct label. ``counts`` (rows per
+    (label, guess) pair) lets a caller pass pairs already counted, e.g. by a Spark ``groupBy``."""
     kept = guesses != NO_GUESS
+    weights = np.ones(len(labels), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     joint = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(joint, (labels[kept], guesses[kept]), 1)
+    np.add.at(joint, (labels[kept], guesses[kept]), weights[kept])
     np.fill_diagonal(joint, np.maximum(np.diagonal(joint), 1))
     return joint
 
