@@ -26,7 +26,7 @@ flags the row's label; the other wrong rows are *difficult* or *uncovered* by wh
 neighbour is still recorded for the judge and ``drop_pair``. On injected noise it finds more flipped labels
 (``bench/README.md``). Distributed: per-class thresholds and the confident joint are aggregations, each row's
 confident class and margins are computed batch by batch in numpy, and the rows to flag per (label, class) cell
-are a ranked window; only class-by-class matrices reach the driver.
+are ranked in a window over each batch's winners; only class-by-class matrices reach the driver.
 
 Noisy pairs go to the LLM judge when ``triage.judge.enabled``; verdicts are cached in ``judge_cache``.
 """
@@ -42,6 +42,7 @@ from pyspark.sql import functions as F
 
 from dqe.algorithms.confident import (
     MIN_ROWS_PER_CLASS,
+    UNREACHABLE,
     confident_guesses,
     joint_counts,
     predicts_given_label,
@@ -160,7 +161,9 @@ def _dense(maps: pd.Series, classes: list[str]) -> np.ndarray:
     return matrix
 
 
-def _within_quota(given: np.ndarray, true_class: np.ndarray, margin: np.ndarray, pos: np.ndarray, quota: np.ndarray) -> np.ndarray:
+def _within_quota(
+    given: np.ndarray, true_class: np.ndarray, margin: np.ndarray, pos: np.ndarray, quota: np.ndarray
+) -> np.ndarray:
     """Indices of the candidates ranked within their (given, true class) cell's quota: largest margin first,
     then lowest ``pos``, as the stage's window ranks them."""
     order = np.lexsort((pos, -margin, true_class, given))
@@ -182,7 +185,7 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
     index = {label: i for i, label in enumerate(classes)}
     own = F.coalesce(F.try_element_at("probabilities", F.col("label")), F.lit(0.0))
     means = {r["label"]: r["mean"] for r in scored.groupBy("label").agg(F.avg(own).alias("mean")).collect()}
-    thresholds = np.array([means[label] for label in classes])
+    thresholds = np.array([means.get(label, UNREACHABLE) for label in classes])
     shared = spark.sparkContext.broadcast((classes, index, thresholds))
 
     def guess(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
