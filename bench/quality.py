@@ -3,9 +3,12 @@
 Part ``dqe`` (issue 7 §1): on each shared dataset, the same trainer fitted on (a) all clean rows, (b) the
 DQE-curated set with the ``centroid`` rule, (c) the same with ``kcenter``, (d) a random subset of the size of (b)
 (resp. (c)); test accuracy and macro-F1, the fraction of rows used, the paired t-test and McNemar p-values of the
-curated model against (a) and (d), and wall times; and (e) the centroid procedure run in both directions
-(a second model fitted on ``unsampled`` predicts ``sampled``; its noisy rows leave the set too). Part ``noise`` (§2): 10% and 20% of the training labels
-flipped, uniformly or class-conditionally; the rows flagged by DQE (one direction, and both directions) and by
+curated model against (a) and (d), and wall times; (e) the centroid procedure run in both directions
+(a second model fitted on ``unsampled`` predicts ``sampled``; its noisy rows leave the set too); and (f) the same
+with ``noise_rule="confident_learning"`` (noisy = confident learning flags the label on the two fits'
+out-of-sample probabilities, instead of a differently labelled nearest neighbour). Part ``noise`` (§2): 10% and 20% of the training labels
+flipped, uniformly or class-conditionally; the rows flagged by DQE (one direction, both directions, and both directions with the confident-learning
+noise rule) and by
 ``cleanlab.filter.find_label_issues`` on 5-fold out-of-fold probabilities (and, to separate the rule from the
 folds, on DQE's own two halves as folds) are scored against the known flips,
 and the test accuracy after training on each method's cleaned set (for DQE: its curated set, and beyond the
@@ -45,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from dqe.algorithms import stats
-from dqe.algorithms.procedure import run_dqe
+from dqe.algorithms.procedure import probabilities_over, run_dqe
 from dqe.algorithms.triage_rule import NOISY, curate
 from dqe.clean import clean_pandas, normalize_label, normalize_text
 from dqe.config import CleanConfig, EmbedConfig, TrainConfig
@@ -180,22 +183,23 @@ class Model:
         trainer.fit(list(texts), list(labels), vectors if self.backend == "linear" else None)
         return trainer, time.perf_counter() - started
 
-    def predict(self, trainer, texts: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        embeddings = vectors if self.backend == "linear" else None
-        return np.asarray(trainer.predict(list(texts), embeddings).labels, dtype=object)
+    def predict(self, trainer, texts: np.ndarray, vectors: np.ndarray):
+        return trainer.predict(list(texts), vectors if self.backend == "linear" else None)
 
     def fit_predict_on(self, data: Dataset, labels: np.ndarray):
-        """The strategy :func:`run_dqe` calls: fit on some training rows, predict others."""
+        """The strategy :func:`run_dqe` calls: fit on some training rows, give class probabilities for others."""
+        classes = sorted(set(labels.tolist()))
 
         def fit_predict(train: np.ndarray, predict: np.ndarray) -> np.ndarray:
             trainer, _ = self.fit(data.train_texts[train], labels[train], data.train_vectors[train])
-            return self.predict(trainer, data.train_texts[predict], data.train_vectors[predict])
+            found = self.predict(trainer, data.train_texts[predict], data.train_vectors[predict])
+            return probabilities_over(classes, list(trainer.classes_), found.probabilities)
 
         return fit_predict
 
     def test_correctness(self, data: Dataset, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         trainer, seconds = self.fit(data.train_texts[rows], labels[rows], data.train_vectors[rows])
-        predicted = self.predict(trainer, data.test_texts, data.test_vectors)
+        predicted = np.asarray(self.predict(trainer, data.test_texts, data.test_vectors).labels, dtype=object)
         return predicted == data.test_labels, predicted, seconds
 
 
@@ -216,7 +220,13 @@ def versus(correct: np.ndarray, other: np.ndarray) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------- part 1: DQE
 
 
-VARIANTS = {"centroid": ("centroid", False), "kcenter": ("kcenter", False), "centroid_both": ("centroid", True)}
+# variant: (criterion, both directions, noise rule)
+VARIANTS = {
+    "centroid": ("centroid", False, "neighbor"),
+    "kcenter": ("kcenter", False, "neighbor"),
+    "centroid_both": ("centroid", True, "neighbor"),
+    "centroid_both_cl": ("centroid", True, "confident_learning"),
+}
 
 
 def dqe_runs(data: Dataset, model: Model, variants: list[str]) -> list[dict]:
@@ -225,11 +235,11 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str]) -> list[dict]:
     records = [{"variant": "full", "rows": len(everything), "fraction": 1.0, "train_seconds": full_seconds,
                 **scores(data, correct_full, predicted_full)}]
     for variant in variants:
-        criterion, both_directions = VARIANTS[variant]
+        criterion, both_directions, noise_rule = VARIANTS[variant]
         started = time.perf_counter()
         outcome = run_dqe(
             data.train_vectors, data.train_labels, model.fit_predict_on(data, data.train_labels),
-            criterion=criterion, seed=model.seed, both_directions=both_directions,
+            criterion=criterion, seed=model.seed, both_directions=both_directions, noise_rule=noise_rule,
         )
         procedure_seconds = time.perf_counter() - started
         curated = outcome.curation.positions
@@ -355,6 +365,12 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
         both_directions=True,
     )
     both_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    learned = run_dqe(
+        data.train_vectors, noisy, model.fit_predict_on(data, noisy), criterion="centroid", seed=model.seed,
+        both_directions=True, noise_rule="confident_learning",
+    )
+    learned_seconds = time.perf_counter() - started
     forward_flags = np.sort(outcome.forward.loc[outcome.forward["category"] == NOISY, "row"].to_numpy())
     forward_set = curate(outcome.forward, noisy, outcome.sampled).positions
     started = time.perf_counter()
@@ -372,6 +388,9 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
         "dqe_both": (outcome.curation.positions, outcome.flagged, both_seconds),
         # Beyond the paper: DQE as a pure noise filter, every row but the flagged ones.
         "dqe_both_filter": (np.setdiff1d(everything, outcome.flagged), outcome.flagged, both_seconds),
+        # Beyond the paper: the same two fits, noisy = confident learning on their out-of-sample probabilities.
+        "dqe_both_cl": (learned.curation.positions, learned.flagged, learned_seconds),
+        "dqe_both_cl_filter": (np.setdiff1d(everything, learned.flagged), learned.flagged, learned_seconds),
         "cleanlab": (np.setdiff1d(everything, issues), issues, cleanlab_seconds),
         "cleanlab_on_dqe_halves": (np.setdiff1d(everything, issues_on_halves), issues_on_halves, halves_seconds),
         "oracle_clean": (np.flatnonzero(~flipped), None, None),
@@ -445,21 +464,24 @@ def _p_values(records: list[dict], side: str) -> str:
 def dqe_table(results: dict, model: str) -> str:
     lines = [
         "| dataset | train rows | full acc | centroid acc | kcenter acc | centroid both-directions acc | "
+        "centroid both + CL acc (rows used) | "
         "random (centroid size) acc | centroid rows used | centroid vs full macro-F1 | "
         "centroid vs full p (t / McNemar) | centroid vs random p (t / McNemar) | "
         "full fit s / centroid procedure + fit s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(results["runs"].values(), key=lambda run: DATASETS.index(run["dataset"])):
         if run["part"] != "dqe" or run["model"] != model:
             continue
         by_variant = records_by(run, "variant")
-        full, cen, kc, both, rnd = (
-            by_variant.get(v, []) for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "random_centroid")
+        full, cen, kc, both, learned, rnd = (
+            by_variant.get(v, [])
+            for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "dqe_centroid_both_cl", "random_centroid")
         )
+        learned_cell = f"{_accuracy(learned)} ({_mean_std([r['fraction'] for r in learned], 3)})" if learned else "–"
         lines.append(
             f"| {run['dataset']} | {full[0]['rows']} | {_accuracy(full)} | {_accuracy(cen)} | {_accuracy(kc)} | "
-            f"{_accuracy(both)} | {_accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
+            f"{_accuracy(both)} | {learned_cell} | {_accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
             f"{_mean_std([r['macro_f1'] for r in cen], 3)} vs {_mean_std([r['macro_f1'] for r in full], 3)} | "
             f"{_p_values(cen, 'vs_full')} | {_p_values(cen, 'vs_random')} | "
             f"{_mean_std([r['train_seconds'] for r in full], 1)} / "
