@@ -144,7 +144,7 @@ def test_missing_embeddings_are_a_clear_error(spark, small, make_config):
 @pytest.mark.parametrize(
     "corrupt, message",
     [
-        (lambda v: [float("nan")] + v[1:], "contain NaN"),
+        (lambda v: [float("nan")] + v[1:], r"1 embeddings contain NaN or null values \(for example row_id {row_id}\)"),
         (lambda v: [0.0] * len(v), r"1 embeddings are zero vectors \(for example row_id {row_id}\)"),
         (lambda v: v[:-1], "different dimensions"),
     ],
@@ -156,8 +156,10 @@ def test_bad_vectors_are_a_clear_error(spark, small, make_config, corrupt, messa
     vectors.at[0, "vector"] = corrupt(list(vectors.at[0, "vector"]))
     corrupted = spark.createDataFrame(vectors, embeddings.schema)
     other = _config_with_tables(spark, make_config, small, _table(spark, config, Table.CLEAN), corrupted)
-    with pytest.raises(InputError, match=message.format(row_id=re.escape(vectors.at[0, "row_id"]))):
+    with pytest.raises(InputError, match=message.format(row_id=re.escape(vectors.at[0, "row_id"]))) as raised:
         select(spark, other)
+    # embed keeps rows it already has: the advice must be to delete the broken ones first.
+    assert str(raised.value).endswith("delete the broken rows from the embeddings table, then re-run dqe embed")
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,10 @@ def largest_remainder(total: int, weights: list[int]) -> list[int]:
     return [min(s, w) for s, w in zip(shares, weights)]
 
 
+# embed skips rows it already has (same row, text and model), so re-running it alone would keep broken vectors.
+REPAIR_EMBEDDINGS = "delete the broken rows from the embeddings table, then re-run dqe embed"
+
+
 def _start_position(key: str, n: int, seed: int) -> int:
     """A seeded random start that depends only on the partition key, not on row order or worker."""
     digest = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16)
@@ -62,7 +66,7 @@ def _start_position(key: str, n: int, seed: int) -> int:
 def _stack(vectors: pd.Series, key: str) -> np.ndarray:
     dims = {len(v) for v in vectors}
     if len(dims) != 1:
-        raise InputError(f"partition {key}: vectors of different dimensions {sorted(dims)}: re-run dqe embed")
+        raise InputError(f"partition {key}: vectors of different dimensions {sorted(dims)}: {REPAIR_EMBEDDINGS}")
     return np.stack(vectors.to_numpy()).astype(np.float32)
 
 
@@ -188,24 +192,28 @@ def select(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
         missing = rows.where(F.col("vector").isNull()).count()
         if missing:
             raise InputError(f"{missing} clean rows have no current embedding for model {model_name}: run dqe embed")
+        has_nan = F.exists("vector", lambda x: x.isNull() | F.isnan(x))
+        # The embed stage L2-normalises every vector, so a zero vector can only be a broken embedding.
         all_zero = F.forall("vector", lambda x: x == 0)
         checks = rows.agg(
-            F.sum(F.exists("vector", lambda x: x.isNull() | F.isnan(x)).cast("int")).alias("nan_rows"),
+            F.sum(has_nan.cast("int")).alias("nan_rows"),
+            F.min(F.when(has_nan, F.col("row_id"))).alias("nan_example"),
             F.sum(all_zero.cast("int")).alias("zero_rows"),
             F.min(F.when(all_zero, F.col("row_id"))).alias("zero_example"),
             F.collect_set(F.size("vector")).alias("dims"),
         ).first()
         if checks["nan_rows"]:
-            raise InputError(f"{checks['nan_rows']} embeddings contain NaN or null values: re-run dqe embed")
-        # The embed stage L2-normalises every vector, so a zero vector can only be a broken embedding; and since
-        # embed skips rows it already has, re-running it alone would keep the broken rows.
+            raise InputError(
+                f"{checks['nan_rows']} embeddings contain NaN or null values (for example row_id "
+                f"{checks['nan_example']}): {REPAIR_EMBEDDINGS}"
+            )
         if checks["zero_rows"]:
             raise InputError(
                 f"{checks['zero_rows']} embeddings are zero vectors (for example row_id {checks['zero_example']}): "
-                "delete them from the embeddings table and re-run dqe embed"
+                f"{REPAIR_EMBEDDINGS}"
             )
         if len(checks["dims"]) > 1:
-            raise InputError(f"embeddings have different dimensions {sorted(checks['dims'])}: re-run dqe embed")
+            raise InputError(f"embeddings have different dimensions {sorted(checks['dims'])}: {REPAIR_EMBEDDINGS}")
         selection = select_frame(spark, rows.drop("h"), cfg).select(
             "*", F.lit(cfg.criterion).alias("criterion"), F.lit(run.run_id).alias("run_id")
         )
