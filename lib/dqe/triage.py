@@ -41,12 +41,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from dqe.algorithms.confident import (
-    MIN_ROWS_PER_CLASS,
     UNREACHABLE,
     confident_guesses,
+    flag_quotas,
     joint_counts,
     predicts_given_label,
-    removal_counts,
 )
 from dqe.algorithms.neighbors import NO_NEIGHBOR, reduce_best, top1_neighbors
 from dqe.algorithms.triage_rule import categorize
@@ -201,9 +200,7 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
         counted["given"].to_numpy(), counted["guess"].to_numpy(), len(classes), counts=counted["count"].to_numpy()
     )
     label_counts = np.bincount(counted["given"], weights=counted["count"], minlength=len(classes)).astype(np.int64)
-    to_remove = removal_counts(joint, label_counts)
-    to_remove[label_counts <= MIN_ROWS_PER_CLASS] = 0
-    np.fill_diagonal(to_remove, 0)
+    to_remove = flag_quotas(joint, label_counts)
     cells = spark.sparkContext.broadcast(to_remove)
 
     def margins(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -12,7 +12,7 @@ it runs on a corpus that does not fit one machine and needs no AGPL dependency i
 3. :func:`removal_counts` — the confident joint (given label × guessed class) calibrated to the label counts, and
    from it how many rows of each given label to flag as each other class (*prune by noise rate*);
 4. :func:`label_issues` — per given label ``i`` and class ``j``, the rows with the largest margin
-   ``p_j − p_i``, that many of them; never a row whose most probable class is its label.
+   ``p_j − p_i``, as many as :func:`flag_quotas` says; never a row whose most probable class is its label.
 
 Steps 1 and 3 need only per-class sums and counts, step 2 and the margins are per row, and step 4 is a top-n per
 (label, class) cell: that is how the Spark stage distributes it. The result equals
@@ -112,8 +112,16 @@ def removal_counts(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
     others = np.maximum(np.count_nonzero(by_true_class, axis=0) - 1.0, 1.0)
     adjusted = np.clip(by_true_class - (raised - diagonal) / others, 0, None)
     np.fill_diagonal(adjusted, raised)
-    adjusted = adjusted.astype(np.int64).astype(np.float64)
-    return _round_rows(adjusted).T
+    return adjusted.astype(np.int64).T  # truncated, as cleanlab does
+
+
+def flag_quotas(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+    """Per (given label, true class) cell, how many rows to flag: :func:`removal_counts` off the diagonal, none
+    for a label with ``MIN_ROWS_PER_CLASS`` rows or fewer."""
+    quotas = removal_counts(joint, label_counts)
+    quotas[np.asarray(label_counts) <= MIN_ROWS_PER_CLASS] = 0
+    np.fill_diagonal(quotas, 0)
+    return quotas
 
 
 def label_issues(labels: object, probabilities: object) -> np.ndarray:
@@ -130,17 +138,12 @@ def label_issues(labels: object, probabilities: object) -> np.ndarray:
     n_classes = matrix.shape[1]
     guesses = confident_guesses(matrix, confident_thresholds(label_array, matrix))
     label_counts = np.bincount(label_array, minlength=n_classes)
-    to_remove = removal_counts(joint_counts(label_array, guesses, n_classes), label_counts)
+    quotas = flag_quotas(joint_counts(label_array, guesses, n_classes), label_counts)
     flagged = np.zeros(len(label_array), dtype=bool)
-    for given in range(n_classes):
+    for given, true_class in zip(*np.nonzero(quotas)):
         members = np.flatnonzero(label_array == given)
-        if len(members) <= MIN_ROWS_PER_CLASS:
-            continue
-        for true_class in np.flatnonzero(to_remove[given]):
-            if true_class == given:
-                continue
-            margin = matrix[members, true_class] - matrix[members, given]
-            flagged[members[np.argsort(-margin, kind="stable")[: to_remove[given, true_class]]]] = True
+        margin = matrix[members, true_class] - matrix[members, given]
+        flagged[members[np.argsort(-margin, kind="stable")[: quotas[given, true_class]]]] = True
     return flagged & ~predicts_given_label(label_array, matrix)
 
 
