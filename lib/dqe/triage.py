@@ -148,16 +148,14 @@ def search_neighbors(spark: SparkSession, corpus: DataFrame, queries: pd.DataFra
     return found
 
 
-def _dense(maps: pd.Series, classes: list[str]) -> np.ndarray:
-    """Probability maps (label → probability, as Arrow hands them over) as a matrix over ``classes``; a class
-    the predicting model never saw has probability 0."""
-    column = {label: i for i, label in enumerate(classes)}
-    matrix = np.zeros((len(maps), len(classes)))
-    for row, entries in enumerate(maps):
-        for label, probability in dict(entries).items():
-            if label in column:
-                matrix[row, column[label]] = probability
-    return matrix
+def _over_classes(probabilities: str, classes: list[str]):
+    """A probability map (label → probability) as an array over ``classes`` in that order, built by Spark so the
+    Python side stacks whole batches; a class the predicting model never saw has probability 0."""
+    return F.array(*[F.coalesce(F.try_element_at(probabilities, F.lit(label)), F.lit(0.0)) for label in classes])
+
+
+def _matrix(arrays: pd.Series, width: int) -> np.ndarray:
+    return np.stack(arrays.to_numpy()) if len(arrays) else np.zeros((0, width))
 
 
 def _within_quota(
@@ -182,16 +180,23 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
     """
     spark = scored.sparkSession
     index = {label: i for i, label in enumerate(classes)}
-    own = F.coalesce(F.try_element_at("probabilities", F.col("label")), F.lit(0.0))
-    means = {r["label"]: r["mean"] for r in scored.groupBy("label").agg(F.avg(own).alias("mean")).collect()}
+    # Three passes read the probabilities: materialise them once, already as arrays over ``classes``.
+    scored = scored.select(
+        "row_id",
+        "pos",
+        "label",
+        F.coalesce(F.try_element_at("probabilities", F.col("label")), F.lit(0.0)).alias("own"),
+        _over_classes("probabilities", classes).alias("probabilities"),
+    ).localCheckpoint()
+    means = {r["label"]: r["mean"] for r in scored.groupBy("label").agg(F.avg("own").alias("mean")).collect()}
     thresholds = np.array([means.get(label, UNREACHABLE) for label in classes])
-    shared = spark.sparkContext.broadcast((classes, index, thresholds))
+    shared = spark.sparkContext.broadcast((len(classes), index, thresholds))
 
     def guess(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        names, positions, limits = shared.value
+        width, positions, limits = shared.value
         for batch in batches:
             given = batch["label"].map(positions).to_numpy(dtype=np.int64)
-            found = confident_guesses(_dense(batch["probabilities"], names), limits)
+            found = confident_guesses(_matrix(batch["probabilities"], width), limits)
             yield pd.DataFrame({"given": given, "guess": found})
 
     pairs = scored.select("label", "probabilities").mapInPandas(guess, "given long, guess long")
@@ -204,11 +209,11 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
     cells = spark.sparkContext.broadcast(to_remove)
 
     def margins(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        names, positions, _ = shared.value
+        width, positions, _ = shared.value
         counts = cells.value
         for batch in batches:
             given = batch["label"].map(positions).to_numpy(dtype=np.int64)
-            matrix = _dense(batch["probabilities"], names)
+            matrix = _matrix(batch["probabilities"], width)
             rows, true_class = np.nonzero(counts[given] > 0)
             margin = matrix[rows, true_class] - matrix[rows, given[rows]]
             pos = batch["pos"].to_numpy(dtype=np.int64)[rows]
