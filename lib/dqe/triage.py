@@ -190,13 +190,13 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
     ).localCheckpoint()
     means = {r["label"]: r["mean"] for r in scored.groupBy("label").agg(F.avg("own").alias("mean")).collect()}
     thresholds = np.array([means.get(label, UNREACHABLE) for label in classes])
-    shared = spark.sparkContext.broadcast((len(classes), index, thresholds))
+    shared = spark.sparkContext.broadcast((index, thresholds))
 
     def guess(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        width, positions, limits = shared.value
+        positions, limits = shared.value
         for batch in batches:
             given = batch["label"].map(positions).to_numpy(dtype=np.int64)
-            found = confident_guesses(_matrix(batch["probabilities"], width), limits)
+            found = confident_guesses(_matrix(batch["probabilities"], len(positions)), limits)
             yield pd.DataFrame({"given": given, "guess": found})
 
     pairs = scored.select("label", "probabilities").mapInPandas(guess, "given long, guess long")
@@ -209,11 +209,11 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
     cells = spark.sparkContext.broadcast(to_remove)
 
     def margins(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        width, positions, _ = shared.value
+        positions, _ = shared.value
         counts = cells.value
         for batch in batches:
             given = batch["label"].map(positions).to_numpy(dtype=np.int64)
-            matrix = _matrix(batch["probabilities"], width)
+            matrix = _matrix(batch["probabilities"], len(positions))
             rows, true_class = np.nonzero(counts[given] > 0)
             margin = matrix[rows, true_class] - matrix[rows, given[rows]]
             pos = batch["pos"].to_numpy(dtype=np.int64)[rows]
