@@ -28,6 +28,7 @@ the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.ca
     .venv/bin/python bench/quality.py --model encoder --datasets cr trec --seeds 0 --parts dqe
     .venv/bin/python bench/quality.py --model encoder --datasets cr --seeds 0 --parts noise --noise-rates 0.2
     .venv/bin/python bench/quality.py --quick                          # smoke run on 600 rows of two datasets
+    .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2  # the whole encoder grid (GPU: --device auto)
 
 Results merge into ``bench/results/quality.json`` (keyed by part, model, dataset and settings, so runs with
 different ``--model`` or ``--datasets`` add up) and the tables in ``bench/README.md`` are rewritten from it.
@@ -53,6 +54,8 @@ from dqe.algorithms.procedure import probabilities_over, run_dqe
 from dqe.algorithms.triage_rule import NOISY, curate
 from dqe.clean import clean_pandas, normalize_label, normalize_text
 from dqe.config import CleanConfig, EmbedConfig, TrainConfig
+from dqe.errors import DqeError
+from dqe.trainers.base import resolve_device
 
 BENCH_DIR = Path(__file__).resolve().parent
 SHARED_DATA = BENCH_DIR.parents[1] / "shared" / "data"
@@ -156,10 +159,11 @@ def load_dataset(name: str, limit: int | None = None) -> Dataset:
 
 
 class Model:
-    """One trainer configuration; ``fit`` returns the fitted trainer and its training seconds."""
+    """One trainer configuration; ``fit`` returns the fitted trainer and its training seconds. ``device``
+    ("cpu" or "cuda") is where the encoder trains and every model predicts."""
 
-    def __init__(self, backend: str, seed: int, encoder_epochs: int):
-        self.backend, self.seed, self.encoder_epochs = backend, seed, encoder_epochs
+    def __init__(self, backend: str, seed: int, encoder_epochs: int, device: str = "cpu"):
+        self.backend, self.seed, self.encoder_epochs, self.device = backend, seed, encoder_epochs, device
 
     def _trainer(self):
         from dqe.trainers import make_trainer
@@ -175,8 +179,9 @@ class Model:
                 max_length=64,
                 learning_rate=1e-4,
                 seed=self.seed,
+                use_gpu=self.device == "cuda",
             )
-        return make_trainer(config, work_dir=CACHE_DIR / "train", device="cpu")
+        return make_trainer(config, work_dir=CACHE_DIR / "train", device=self.device)
 
     def fit(self, texts: np.ndarray, labels: np.ndarray, vectors: np.ndarray):
         trainer = self._trainer()
@@ -551,12 +556,15 @@ def write_readme_tables(results: dict) -> None:
     README.write_text(head + generated + rest.split(end, 1)[1])
 
 
-def machine() -> dict:
+def machine(device: str) -> dict:
+    import torch
+
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "load_average": list(os.getloadavg()),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }
 
 
@@ -576,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-kinds", nargs="+", default=list(NOISE_KINDS), choices=NOISE_KINDS)
     parser.add_argument("--noise-rates", nargs="+", type=float, default=list(NOISE_RATES), choices=NOISE_RATES)
     parser.add_argument("--encoder-epochs", type=int, default=1)
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"),
+        help="where the encoder trains and the models predict (auto: cuda when torch sees a GPU)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="subsample each training split to this many rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: 600 rows of cr and trec, one seed")
     args = parser.parse_args(argv)
@@ -587,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        device = resolve_device(args.device)
+    except DqeError as error:
+        parser.error(f"--device: {error}")
 
     results = load_results() if not args.quick else {"runs": {}}
     touched: set[str] = set()
@@ -615,10 +631,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             for seed in args.seeds:
                 started = time.perf_counter()
-                model = Model(args.model, seed, args.encoder_epochs)
+                model = Model(args.model, seed, args.encoder_epochs, device)
                 records = dqe_runs(data, model, args.variants) if part == "dqe" else noise_runs(data, model, kind, rate)
                 run["seeds"][str(seed)] = records
-                run.setdefault("machine", {})[str(seed)] = {**machine(), "seconds": time.perf_counter() - started}
+                run.setdefault("machine", {})[str(seed)] = {**machine(device), "seconds": time.perf_counter() - started}
                 summary = {r.get("variant", r.get("method")): round(r["accuracy"], 4) for r in records}
                 print(f"  {key} seed {seed}: {summary} ({time.perf_counter() - started:.0f} s)", flush=True)
                 touched.add(key)
