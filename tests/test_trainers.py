@@ -279,6 +279,25 @@ def test_encoder_with_deepspeed_zero2_in_process(tiny_bert: str, tmp_path: Path)
     assert_valid(trainer.predict(texts[:8]), 8)
 
 
+def test_the_seed_fixes_the_new_classification_head(tiny_bert: str, tmp_path: Path) -> None:
+    """Two fits with one seed agree however much of the global RNG was drawn between them; another seed differs."""
+    import torch
+
+    texts, labels = keyword_rows(16, seed=0)
+
+    def probabilities(seed: int) -> np.ndarray:
+        config = TrainConfig(
+            backend="encoder", base_model=tiny_bert, max_steps=1, batch_size=8, max_length=16, seed=seed
+        )
+        trainer = make_trainer(config, work_dir=tmp_path / f"seed{seed}").fit(texts, labels)
+        return trainer.predict(texts).probabilities
+
+    first = probabilities(seed=3)
+    torch.rand(1000)  # what other code in the process might draw
+    np.testing.assert_allclose(probabilities(seed=3), first, atol=1e-6)
+    assert not np.allclose(probabilities(seed=4), first, atol=1e-4)
+
+
 # -- causal_lm ------------------------------------------------------------------------------------------------------
 def test_causal_lm_learns_to_answer_with_a_label(tiny_chat_model: str, tmp_path: Path) -> None:
     texts, labels = keyword_rows(64, seed=0)

@@ -87,7 +87,7 @@ def run_training_job(job: TrainingJob) -> None:
     import importlib
 
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, set_seed
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", job.torch_extensions_dir)
@@ -125,6 +125,10 @@ def run_training_job(job: TrainingJob) -> None:
             # ZeRO-3 checks its batch sizes against the world size while from_pretrained partitions the weights;
             # on the CPU nothing has told DeepSpeed about the other ranks by then.
             deepspeed.init_distributed()
+        # A new classification head is initialised from the global RNG inside from_pretrained, before Trainer
+        # seeds anything: without this, the seed fixes the data order but not the head, which then depends on
+        # whatever drew random numbers earlier in the process.
+        set_seed(job.seed)
         parts: TrainingParts = importlib.import_module(BACKEND_MODULES[job.backend]).training_parts(job)
         trainer = Trainer(model=parts.model, args=args, train_dataset=parts.examples, data_collator=parts.collator)
         result = trainer.train()
