@@ -29,6 +29,7 @@ the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.ca
     .venv/bin/python bench/quality.py --model encoder --datasets cr trec --seeds 0 --parts dqe
     .venv/bin/python bench/quality.py --model encoder --datasets cr --seeds 0 --parts noise --noise-rates 0.2
     .venv/bin/python bench/quality.py --quick                          # smoke run on 600 rows of two datasets
+    .venv/bin/python bench/quality.py --tables                         # only rewrite the README tables
     .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2  # the whole encoder grid (GPU: --device auto)
 
 Results merge into ``bench/results/quality.json`` (keyed by part, model, dataset and settings, so runs with
@@ -529,6 +530,48 @@ def dqe_table(results: dict, model: str) -> str:
     return "\n".join(lines)
 
 
+# The variants of part 1 in the order of the issue's (a)-(d), then the procedure's extensions.
+VARIANT_NAMES = {
+    "full": "(a) all clean rows",
+    "dqe_centroid": "(b) DQE `centroid`",
+    "dqe_kcenter": "(c) DQE `kcenter`",
+    "random_centroid": "(d) random, size of (b)",
+    "random_kcenter": "random, size of (c)",
+    "dqe_centroid_both": "DQE `centroid`, both directions",
+    "random_centroid_both": "random, its size",
+    "dqe_centroid_both_cl": "DQE `centroid`, both directions + CL",
+    "random_centroid_both_cl": "random, its size",
+}
+
+
+def dqe_detail_table(results: dict, model: str) -> str:
+    """Every variant of part 1 on its own row: rows used, accuracy, macro-F1, p-values and wall time."""
+    lines = [
+        "| dataset | trained on | rows used | accuracy | macro-F1 | vs (a) p (t / McNemar) | "
+        "vs random of its size p (t / McNemar) | seconds (procedure + fit) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted(results["runs"].values(), key=lambda run: DATASETS.index(run["dataset"])):
+        if run["part"] != "dqe" or run["model"] != model:
+            continue
+        by_variant = records_by(run, "variant")
+        for variant, name in VARIANT_NAMES.items():
+            records = by_variant.get(variant)
+            if not records:
+                continue
+            compared = "vs_full" in records[0]
+            cells = [
+                _mean_std([r["fraction"] for r in records], 3),
+                _accuracy(records),
+                _mean_std([r["macro_f1"] for r in records]),
+                _p_values(records, "vs_full") if compared else "",
+                _p_values(records, "vs_random") if compared else "",
+                _mean_std([r.get("procedure_seconds", 0.0) + r["train_seconds"] for r in records], 1),
+            ]
+            lines.append(f"| {run['dataset']} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def noise_table(results: dict, model: str) -> str:
     lines = [
         "| dataset | noise | method | flagged | precision | recall | F1 | flag s | test acc | p t vs noisy full |",
@@ -560,6 +603,10 @@ def write_readme_tables(results: dict) -> None:
     sections = []
     for model in sorted({run["model"] for run in results["runs"].values()}):
         sections.append(f"#### DQE at small scale, `{model}` model (mean ± std over seeds)\n\n{dqe_table(results, model)}")
+        sections.append(
+            f"<details><summary>Every variant of the `{model}` model: macro-F1, p-values and time of each</summary>"
+            f"\n\n{dqe_detail_table(results, model)}\n\n</details>"
+        )
         if any(run["part"] == "noise" and run["model"] == model for run in results["runs"].values()):
             sections.append(f"#### Injected label noise, `{model}` model\n\n{noise_table(results, model)}")
     generated = begin + "\n" + "\n\n".join(sections) + "\n" + end
@@ -609,7 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=None, help="subsample each training split to this many rows")
     parser.add_argument("--quick", action="store_true", help="smoke run: 600 rows of cr and trec, one seed")
+    parser.add_argument(
+        "--tables", action="store_true", help="only rewrite the tables in bench/README.md from the results file"
+    )
     args = parser.parse_args(argv)
+    if args.tables:
+        write_readme_tables(load_results())
+        return 0
     if "centroid" not in args.variants:
         parser.error("--variants must include centroid, the DQE authors' rule, which the tables compare")
     if args.quick:
