@@ -501,6 +501,12 @@ def _p_values(records: list[dict], side: str) -> str:
     return " / ".join(_mean_std([r[side][test] for r in records], 3) for test in ("p_ttest", "p_mcnemar"))
 
 
+def runs_of(results: dict, part: str, model: str) -> list[dict]:
+    """The runs of one part and model, in the order of ``DATASETS`` (then noise kind and rate)."""
+    chosen = [run for run in results["runs"].values() if run["part"] == part and run["model"] == model]
+    return sorted(chosen, key=lambda run: (DATASETS.index(run["dataset"]), run["kind"] or "", run["rate"] or 0))
+
+
 def dqe_table(results: dict, model: str) -> str:
     lines = [
         "| dataset | train rows | full acc | centroid acc | kcenter acc | centroid both-directions acc | "
@@ -510,9 +516,7 @@ def dqe_table(results: dict, model: str) -> str:
         "full fit s / centroid procedure + fit s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in sorted(results["runs"].values(), key=lambda run: DATASETS.index(run["dataset"])):
-        if run["part"] != "dqe" or run["model"] != model:
-            continue
+    for run in runs_of(results, "dqe", model):
         by_variant = records_by(run, "variant")
         full, cen, kc, both, learned, rnd = (
             by_variant.get(v, [])
@@ -551,9 +555,7 @@ def dqe_detail_table(results: dict, model: str) -> str:
         "vs random of its size p (t / McNemar) | seconds (procedure + fit) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for run in sorted(results["runs"].values(), key=lambda run: DATASETS.index(run["dataset"])):
-        if run["part"] != "dqe" or run["model"] != model:
-            continue
+    for run in runs_of(results, "dqe", model):
         by_variant = records_by(run, "variant")
         for variant, name in VARIANT_NAMES.items():
             records = by_variant.get(variant)
@@ -577,11 +579,7 @@ def noise_table(results: dict, model: str) -> str:
         "| dataset | noise | method | flagged | precision | recall | F1 | flag s | test acc | p t vs noisy full |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in sorted(
-        results["runs"].values(), key=lambda run: (DATASETS.index(run["dataset"]), run["kind"] or "", run["rate"] or 0)
-    ):
-        if run["part"] != "noise" or run["model"] != model:
-            continue
+    for run in runs_of(results, "noise", model):
         for method, records in records_by(run, "method").items():
             flags = "flagged" in records[0]
             cells = [
