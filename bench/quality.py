@@ -31,6 +31,8 @@ the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.ca
     .venv/bin/python bench/quality.py --quick                          # smoke run on 600 rows of two datasets
     .venv/bin/python bench/quality.py --tables                         # only rewrite the README tables
     .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2  # the whole encoder grid (GPU: --device auto)
+    .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2 --datasets imdb --seeds 1 --parts dqe \
+        --variants kcenter   # adds kcenter to a stored seed: refits only the full set, which must reproduce
 
 Results merge into ``bench/results/quality.json`` (keyed by part, model, dataset and settings, so runs with
 different ``--model`` or ``--datasets`` add up) and the tables in ``bench/README.md`` are rewritten from it.
@@ -243,11 +245,20 @@ VARIANTS = {
 }
 
 
-def dqe_runs(data: Dataset, model: Model, variants: list[str]) -> list[dict]:
+def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict | None = None) -> list[dict]:
+    """Records of the full-set fit and of each variant with its random subset. With ``stored_full`` (the full-set
+    record of a stored seed that this run adds variants to) the fresh full-set fit must reproduce it, since the
+    new variants' p-values against (a) pair them with this fit."""
     everything = np.arange(len(data.train_labels))
     correct_full, predicted_full, full_seconds = model.test_correctness(data, everything, data.train_labels)
     records = [{"variant": "full", "rows": len(everything), "fraction": 1.0, "train_seconds": full_seconds,
                 **scores(data, correct_full, predicted_full)}]
+    if stored_full is not None and records[0]["accuracy"] != stored_full["accuracy"]:
+        raise SystemExit(
+            f"the full-set fit gave accuracy {records[0]['accuracy']:.4f}, the stored one "
+            f"{stored_full['accuracy']:.4f}: seeded fits reproduce only on the same machine and thread count, so "
+            "the new variants cannot be paired with the stored ones; re-run with --variants centroid too"
+        )
     for variant in variants:
         criterion, both_directions, noise_rule = VARIANTS[variant]
         started = time.perf_counter()
@@ -295,6 +306,12 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str]) -> list[dict]:
             }
         )
     return records
+
+
+def added_to_stored(stored: list[dict], records: list[dict]) -> list[dict]:
+    """A stored seed's records with this run's variants added (or replaced); its full-set record stays."""
+    added = {r["variant"] for r in records} - {"full"}
+    return [r for r in stored if r["variant"] not in added] + [r for r in records if r["variant"] != "full"]
 
 
 # ----------------------------------------------------------------------------------------------- part 2: noise
@@ -465,15 +482,20 @@ def load_results() -> dict:
     return {"runs": {}}
 
 
-def save_results(results: dict, keys: set[str]) -> None:
-    """Write this run's ``keys`` into the results file as it is now (another run may have added its own since
-    this one started). An exclusive lock makes the read-merge-write atomic, so runs of other data sets or models
-    can go on side by side."""
+def save_results(results: dict, touched: set[tuple[str, str]]) -> None:
+    """Write this run's ``touched`` (key, seed) cells into the results file as it is now (another run may have
+    added its own since this one started, even other seeds of the same key). An exclusive lock makes the
+    read-merge-write atomic, so runs can go on side by side."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged = load_results()
-        merged["runs"].update({key: results["runs"][key] for key in keys})
+        for key, seed in touched:
+            ours = results["runs"][key]
+            run = merged["runs"].setdefault(key, {"seeds": {}, "machine": {}})
+            run.update({field: value for field, value in ours.items() if field not in ("seeds", "machine")})
+            run["seeds"][seed] = ours["seeds"][seed]
+            run.setdefault("machine", {})[seed] = ours["machine"][seed]
         RESULTS.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
@@ -661,8 +683,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables:
         write_readme_tables(load_results())
         return 0
-    if "centroid" not in args.variants:
-        parser.error("--variants must include centroid, the DQE authors' rule, which the tables compare")
     if args.quick:
         args.datasets, args.seeds, args.limit = ["cr", "trec"], [0], 600
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -675,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device: {error}")
 
     results = load_results() if not args.quick else {"runs": {}}
-    touched: set[str] = set()
+    touched: set[tuple[str, str]] = set()
     for name in args.datasets:
         print(f"{name}: loading", flush=True)
         data = load_dataset(name, args.limit)
@@ -702,12 +722,30 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 started = time.perf_counter()
                 model = Model(args.model, seed, args.encoder_epochs, device)
-                records = dqe_runs(data, model, args.variants) if part == "dqe" else noise_runs(data, model, kind, rate)
+                adding = part == "dqe" and "centroid" not in args.variants
+                stored = run["seeds"].get(str(seed), [])
+                if adding and not any(r["variant"] == "dqe_centroid" for r in stored):
+                    parser.error(
+                        f"--variants without centroid adds to a stored seed, and {key} seed {seed} has none: "
+                        "include centroid, the DQE authors' rule, which the tables compare"
+                    )
+                if part == "dqe":
+                    stored_full = next(r for r in stored if r["variant"] == "full") if adding else None
+                    records = dqe_runs(data, model, args.variants, stored_full)
+                else:
+                    records = noise_runs(data, model, kind, rate)
+                if adding:
+                    records = added_to_stored(stored, records)
                 run["seeds"][str(seed)] = records
-                run.setdefault("machine", {})[str(seed)] = {**machine(device), "seconds": time.perf_counter() - started}
+                this_run = {**machine(device), "threads": args.threads, "seconds": time.perf_counter() - started}
+                machines = run.setdefault("machine", {})
+                if adding:  # the seed's first run keeps its entry; this one is listed under the variants it added
+                    machines[str(seed)].setdefault("added", {})["+".join(args.variants)] = this_run
+                else:
+                    machines[str(seed)] = this_run
                 summary = {r.get("variant", r.get("method")): round(r["accuracy"], 4) for r in records}
                 print(f"  {key} seed {seed}: {summary} ({time.perf_counter() - started:.0f} s)", flush=True)
-                touched.add(key)
+                touched.add((key, str(seed)))
                 if not args.quick:
                     save_results(results, touched)
     if not args.quick and touched:
