@@ -515,8 +515,12 @@ def records_by(run: dict, field: str) -> dict[str, list[dict]]:
     return grouped
 
 
-def _accuracy(records: list[dict]) -> str:
-    return _mean_std([r["accuracy"] for r in records]) if records else "–"
+def _accuracy(records: list[dict], seeds: int | None = None) -> str:
+    """Mean ± std accuracy of ``records``; with ``seeds`` (the run's count), says when they cover fewer seeds."""
+    if not records:
+        return "–"
+    fewer = f" ({len(records)} of {seeds} seeds)" if seeds and len(records) < seeds else ""
+    return _mean_std([r["accuracy"] for r in records]) + fewer
 
 
 def _p_values(records: list[dict], side: str) -> str:
@@ -544,10 +548,10 @@ def dqe_table(results: dict, model: str) -> str:
             by_variant.get(v, [])
             for v in ("full", "dqe_centroid", "dqe_kcenter", "dqe_centroid_both", "dqe_centroid_both_cl", "random_centroid")
         )
-        learned_cell = f"{_accuracy(learned)} ({_mean_std([r['fraction'] for r in learned], 3)})" if learned else "–"
+        learned_cell = f"{_accuracy(learned, len(full))} ({_mean_std([r['fraction'] for r in learned], 3)})" if learned else "–"
         lines.append(
-            f"| {run['dataset']} | {full[0]['rows']} | {_accuracy(full)} | {_accuracy(cen)} | {_accuracy(kc)} | "
-            f"{_accuracy(both)} | {learned_cell} | {_accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
+            f"| {run['dataset']} | {full[0]['rows']} | {_accuracy(full)} | {_accuracy(cen)} | {_accuracy(kc, len(full))} | "
+            f"{_accuracy(both, len(full))} | {learned_cell} | {_accuracy(rnd)} | {_mean_std([r['fraction'] for r in cen], 3)} | "
             f"{_mean_std([r['macro_f1'] for r in cen], 3)} vs {_mean_std([r['macro_f1'] for r in full], 3)} | "
             f"{_p_values(cen, 'vs_full')} | {_p_values(cen, 'vs_random')} | "
             f"{_mean_std([r['train_seconds'] for r in full], 1)} / "
