@@ -660,6 +660,12 @@ def machine(device: str) -> dict:
 DATASETS = ("mr", "cr", "subj", "sst2", "sst5", "trec", "ag_news", "imdb")
 
 
+def run_key(part: str, model: str, dataset: str, kind: str | None, rate: float | None, limit: int | None) -> str:
+    """The results file's key of one setting: runs of other models, data sets or settings add up beside it."""
+    key = "/".join(str(x) for x in (part, model, dataset, kind, rate) if x is not None)
+    return key + f"/limit{limit}" if limit else key
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -700,6 +706,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device: {error}")
 
     results = load_results() if not args.quick else {"runs": {}}
+    adding = "dqe" in args.parts and "centroid" not in args.variants
+    if adding:  # checked before any data set loads, not after hours of other seeds
+        for name in args.datasets:
+            stored = results["runs"].get(run_key("dqe", args.model, name, None, None, args.limit), {"seeds": {}})
+            for seed in args.seeds:
+                if not any(r["variant"] == "dqe_centroid" for r in stored["seeds"].get(str(seed), [])):
+                    parser.error(
+                        f"--variants without centroid adds to a stored seed, and {name} seed {seed} has none: "
+                        "include centroid, the DQE authors' rule, which the tables compare"
+                    )
     touched: set[tuple[str, str]] = set()
     for name in args.datasets:
         print(f"{name}: loading", flush=True)
@@ -710,9 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         if "noise" in args.parts:
             settings += [("noise", kind, rate) for kind in args.noise_kinds for rate in args.noise_rates]
         for part, kind, rate in settings:
-            key = "/".join(str(x) for x in (part, args.model, name, kind, rate) if x is not None)
-            if args.limit:
-                key += f"/limit{args.limit}"
+            key = run_key(part, args.model, name, kind, rate, args.limit)
             run = results["runs"].setdefault(
                 key,
                 {"part": part, "model": args.model, "dataset": name, "kind": kind, "rate": rate, "seeds": {}},
@@ -727,24 +741,19 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 started = time.perf_counter()
                 model = Model(args.model, seed, args.encoder_epochs, device)
-                adding = part == "dqe" and "centroid" not in args.variants
-                stored = run["seeds"].get(str(seed), [])
-                if adding and not any(r["variant"] == "dqe_centroid" for r in stored):
-                    parser.error(
-                        f"--variants without centroid adds to a stored seed, and {key} seed {seed} has none: "
-                        "include centroid, the DQE authors' rule, which the tables compare"
-                    )
-                if part == "dqe":
-                    stored_full = next(r for r in stored if r["variant"] == "full") if adding else None
-                    records = dqe_runs(data, model, args.variants, stored_full)
+                adds_to_stored = adding and part == "dqe"
+                if adds_to_stored:
+                    stored = run["seeds"][str(seed)]
+                    stored_full = next(r for r in stored if r["variant"] == "full")
+                    records = added_to_stored(stored, dqe_runs(data, model, args.variants, stored_full))
+                elif part == "dqe":
+                    records = dqe_runs(data, model, args.variants)
                 else:
                     records = noise_runs(data, model, kind, rate)
-                if adding:
-                    records = added_to_stored(stored, records)
                 run["seeds"][str(seed)] = records
                 this_run = {**machine(device), "threads": args.threads, "seconds": time.perf_counter() - started}
                 machines = run.setdefault("machine", {})
-                if adding:  # the seed's first run keeps its entry; this one is listed under the variants it added
+                if adds_to_stored:  # the seed's first run keeps its entry; this one is listed under what it added
                     machines[str(seed)].setdefault("added", {})["+".join(args.variants)] = this_run
                 else:
                     machines[str(seed)] = this_run
