@@ -118,7 +118,10 @@ def raw_splits(name: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     return _read(name, "train"), _read(name, "test"), "official train/test"
 
 
-def embed_cached(texts: list[str]) -> np.ndarray:
+def embed_cached(texts: list[str], threads: int) -> np.ndarray:
+    """``threads`` must be the run's own budget: ``encode`` sets torch's thread count for the whole process, and a
+    run started with ``--threads 1`` beside another that embeds with every core then trains with two OpenMP threads
+    per process on two cores, about three times slower."""
     from dqe.embed import encode
 
     digest = hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()[:16]
@@ -126,13 +129,13 @@ def embed_cached(texts: list[str]) -> np.ndarray:
     if not path.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        vectors, _ = encode(texts, EmbedConfig(torch_threads_per_worker=os.cpu_count() or 1))
+        vectors, _ = encode(texts, EmbedConfig(torch_threads_per_worker=threads))
         np.save(path, vectors)
         print(f"  embedded {len(texts)} texts in {time.perf_counter() - started:.0f} s", flush=True)
     return np.load(path)
 
 
-def load_dataset(name: str, limit: int | None = None) -> Dataset:
+def load_dataset(name: str, threads: int, limit: int | None = None) -> Dataset:
     train, test, split = raw_splits(name)
     if limit:
         train, test = _subsample(train, limit), _subsample(test, max(limit // 4, 50))
@@ -152,10 +155,10 @@ def load_dataset(name: str, limit: int | None = None) -> Dataset:
         split=split,
         train_texts=train_texts,
         train_labels=kept["label_norm"].to_numpy(dtype=object),
-        train_vectors=embed_cached(list(train_texts)),
+        train_vectors=embed_cached(list(train_texts), threads),
         test_texts=test_texts,
         test_labels=test_labels[usable].to_numpy(dtype=object),
-        test_vectors=embed_cached(list(test_texts)),
+        test_vectors=embed_cached(list(test_texts), threads),
         removed_by_clean=int(cleaned["reason"].notna().sum()),
     )
 
@@ -719,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     touched: set[tuple[str, str]] = set()
     for name in args.datasets:
         print(f"{name}: loading", flush=True)
-        data = load_dataset(name, args.limit)
+        data = load_dataset(name, args.threads, args.limit)
         settings = []
         if "dqe" in args.parts:
             settings.append(("dqe", None, None))
