@@ -1,0 +1,69 @@
+"""The goal tally that bench/README.md shows is computed from the results file, so its counts cannot drift from the
+data the way hand-written counts did (the README once said 13 runs at or above random where the data had 15)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up in sys.modules while they are built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def seed(full: float, curated: float, random_subset: float, fraction: float = 0.52) -> list[dict]:
+    return [
+        {"variant": "full", "accuracy": full, "fraction": 1.0},
+        {"variant": "dqe_centroid", "accuracy": curated, "fraction": fraction},
+        {"variant": "random_centroid", "accuracy": random_subset, "fraction": fraction},
+    ]
+
+
+def results_of(runs: dict[str, dict[str, list[dict]]]) -> dict:
+    return {
+        "runs": {
+            f"dqe/encoder/{dataset}": {"part": "dqe", "model": "encoder", "dataset": dataset, "kind": None, "rate": None,
+                                       "seeds": seeds}
+            for dataset, seeds in runs.items()
+        }
+    }
+
+
+def test_the_goal_tally_counts_ties_as_reaching_the_full_set_and_averages_per_data_set(quality):
+    results = results_of({
+        "mr": {"0": seed(0.80, 0.80, 0.79), "1": seed(0.80, 0.78, 0.785, fraction=0.55)},
+        "cr": {"0": seed(0.90, 0.905, 0.91)},
+    })
+
+    outcomes = quality.curated_outcomes(results, "encoder")["dqe_centroid"]
+    assert [(o["dataset"], o["seed"]) for o in outcomes] == [("mr", "0"), ("mr", "1"), ("cr", "0")]
+    assert [round(o["vs_full"], 6) for o in outcomes] == [0.0, -2.0, 0.5]
+    assert [round(o["vs_random"], 6) for o in outcomes] == [1.0, -0.5, -0.5]
+
+    row = quality.goal_table(results, "encoder").splitlines()[2]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # MR's mean gap is -1.0 (within a point), CR's +0.5 (at or above full).
+    assert cells == ["DQE `centroid`", "3", "2", "1", "-0.50 (-2.0 to +0.5)", "1 / 2 of 2", "+0.00", "52%–55%"]
+
+
+def test_the_goal_tally_ignores_the_other_model_and_the_noise_part(quality):
+    results = results_of({"mr": {"0": seed(0.80, 0.81, 0.79)}})
+    results["runs"]["dqe/linear/mr"] = {**results["runs"]["dqe/encoder/mr"], "model": "linear",
+                                        "seeds": {"0": seed(0.80, 0.70, 0.75)}}
+    results["runs"]["noise/encoder/mr"] = {**results["runs"]["dqe/encoder/mr"], "part": "noise"}
+
+    rows = quality.goal_table(results, "encoder").splitlines()[2:]
+    assert len(rows) == 1
+    assert "| 1 | 1 | 1 | +1.00 (+1.0 to +1.0) |" in rows[0]
