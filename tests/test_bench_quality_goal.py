@@ -52,7 +52,7 @@ def test_the_goal_tally_counts_ties_as_reaching_the_full_set_and_averages_per_da
     assert [round(o["vs_full"], 6) for o in outcomes] == [0.0, -2.0, 0.5]
     assert [round(o["vs_random"], 6) for o in outcomes] == [1.0, -0.5, -0.5]
 
-    row = quality.goal_table(results, "encoder").splitlines()[2]
+    row = quality.dqe_goal_table(results, "encoder").splitlines()[2]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     # MR's mean gap is -1.0 (within a point), CR's +0.5 (at or above full).
     assert cells == ["DQE `centroid`", "3", "2", "1", "-0.50 (-2.0 to +0.5)", "1 / 2 of 2", "+0.00", "52%–55%"]
@@ -64,6 +64,30 @@ def test_the_goal_tally_ignores_the_other_model_and_the_noise_part(quality):
                                         "seeds": {"0": seed(0.80, 0.70, 0.75)}}
     results["runs"]["noise/encoder/mr"] = {**results["runs"]["dqe/encoder/mr"], "part": "noise"}
 
-    rows = quality.goal_table(results, "encoder").splitlines()[2:]
+    rows = quality.dqe_goal_table(results, "encoder").splitlines()[2:]
     assert len(rows) == 1
     assert "| 1 | 1 | 1 | +1.00 (+1.0 to +1.0) |" in rows[0]
+
+
+def noise_seed(noisy_full: float, curated: float, p_curated: float, f1: float) -> list[dict]:
+    return [
+        {"method": "noisy_full", "accuracy": noisy_full},
+        {"method": "dqe_both_cl", "accuracy": curated, "f1": f1, "flag_seconds": 2.0,
+         "vs_noisy_full": {"p_ttest": p_curated}},
+        {"method": "oracle_clean", "accuracy": noisy_full + 0.1, "vs_noisy_full": {"p_ttest": 0.001}},
+    ]
+
+
+def test_the_noise_goal_tally_averages_gains_over_runs_and_counts_only_significant_ones(quality):
+    setting = {"part": "noise", "model": "linear", "kind": "uniform", "rate": 0.2}
+    results = {"runs": {
+        "noise/linear/mr/uniform/0.2": {**setting, "dataset": "mr", "seeds": {
+            "0": noise_seed(0.70, 0.76, 0.001, 0.5), "1": noise_seed(0.70, 0.71, 0.40, 0.3)}},
+        "noise/linear/cr/uniform/0.2": {**setting, "dataset": "cr", "seeds": {"0": noise_seed(0.80, 0.77, 0.01, 0.4)}},
+    }}
+
+    rows = quality.noise_goal_table(results, "linear").splitlines()[2:]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    # +6 (significant), +1 (not), -3 (significant): mean +1.33, one run above and one below.
+    assert cells[0] == ["uniform 20%", "dqe_both_cl", "3", "0.400", "2.0", "+1.33", "1 / 1"]
+    assert cells[1] == ["uniform 20%", "oracle_clean", "3", "", "", "+10.00", "3 / 0"]
