@@ -613,6 +613,57 @@ def dqe_goal_table(results: dict, model: str) -> str:
     return "\n".join(lines)
 
 
+def _p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def _share_range(fractions: list[float]) -> str:
+    low, high = min(fractions), max(fractions)
+    return f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%}–{high:.0%}"
+
+
+def dqe_seed_table(results: dict, model: str) -> str:
+    """Seed by seed, for each data set and curation rule of the issue ((b) and (c)): the full and curated
+    accuracies, the curated set's gaps to the full set and to the random subset of its size with their paired t
+    p-values, and how many ``unsampled`` rows the half-model got wrong and how many of those were called noisy."""
+    lines = [
+        "| dataset | rule | seeds | full acc (train rows) | curated acc (share of rows) | "
+        "curated − full, points (t p) | mean | curated − random, points (t p) | mean | "
+        "wrong on `unsampled` / of them noisy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs_of(results, "dqe", model):
+        ordered = sorted(run["seeds"].items(), key=lambda item: int(item[0]))
+        for variant in ("dqe_centroid", "dqe_kcenter"):
+            per_seed = [
+                (seed, by_variant["full"], by_variant[variant], by_variant[f"random_{variant.removeprefix('dqe_')}"])
+                for seed, records in ordered
+                for by_variant in [{record["variant"]: record for record in records}]
+                if variant in by_variant
+            ]
+            if not per_seed:
+                continue
+            to_full = [100 * (curated["accuracy"] - full["accuracy"]) for _, full, curated, _ in per_seed]
+            to_random = [100 * (curated["accuracy"] - subset["accuracy"]) for _, _, curated, subset in per_seed]
+            cells = [
+                run["dataset"], f"`{variant.removeprefix('dqe_')}`", " / ".join(seed for seed, *_ in per_seed),
+                " / ".join(f"{full['accuracy']:.3f}" for _, full, _, _ in per_seed)
+                + f" ({per_seed[0][1]['rows']:,})",
+                " / ".join(f"{curated['accuracy']:.3f}" for _, _, curated, _ in per_seed)
+                + f" ({_share_range([curated['fraction'] for _, _, curated, _ in per_seed])})",
+                " / ".join(f"{gap:+.1f} ({_p_value(curated['vs_full']['p_ttest'])})"
+                           for gap, (_, _, curated, _) in zip(to_full, per_seed)),
+                f"{np.mean(to_full):+.2f}",
+                " / ".join(f"{gap:+.1f} ({_p_value(curated['vs_random']['p_ttest'])})"
+                           for gap, (_, _, curated, _) in zip(to_random, per_seed)),
+                f"{np.mean(to_random):+.2f}",
+                ", ".join(f"{sum(curated['categories'].values()):,} / {curated['categories']['noisy']:,}"
+                          for _, _, curated, _ in per_seed),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # The variants of part 1 in the order of the issue's (a)-(d), then the procedure's extensions.
 VARIANT_NAMES = {
     "full": "(a) all clean rows",
@@ -716,6 +767,10 @@ def write_readme_tables(results: dict) -> None:
         sections.append(
             f"Goal of part 1 over every run of the `{model}` model (curated ≥ full at ≤ 60% of the rows, above random):"
             f"\n\n{dqe_goal_table(results, model)}"
+        )
+        sections.append(
+            f"Seed by seed, `{model}` model (curated − full and curated − random in accuracy points, paired t p):"
+            f"\n\n{dqe_seed_table(results, model)}"
         )
         sections.append(
             f"<details><summary>Every variant of the `{model}` model: macro-F1, p-values and time of each</summary>"

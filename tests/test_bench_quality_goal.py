@@ -91,3 +91,26 @@ def test_the_noise_goal_tally_averages_gains_over_runs_and_counts_only_significa
     # +6 (significant), +1 (not), -3 (significant): mean +1.33, one run above and one below.
     assert cells[0] == ["uniform 20%", "dqe_both_cl", "3", "0.400", "2.0", "+1.33", "1 / 1"]
     assert cells[1] == ["uniform 20%", "oracle_clean", "3", "", "", "+10.00", "3 / 0"]
+
+
+def detailed_seed(full: float, curated: float, random_subset: float, p_full: float, p_random: float,
+                  wrong: dict[str, int]) -> list[dict]:
+    records = seed(full, curated, random_subset)
+    records[0]["rows"] = 3012
+    records[1].update(categories=wrong, vs_full={"p_ttest": p_full}, vs_random={"p_ttest": p_random})
+    return records
+
+
+def test_the_seed_table_lists_each_seed_in_numeric_order_with_its_gaps_p_values_and_wrong_rows(quality):
+    results = results_of({"cr": {
+        "10": detailed_seed(0.90, 0.88, 0.89, 0.0004, 0.2, {"uncovered": 5, "difficult": 1, "noisy": 4}),
+        "2": detailed_seed(0.80, 0.81, 0.80, 0.35, 0.05, {"uncovered": 900, "difficult": 100, "noisy": 234}),
+    }})
+
+    rows = quality.dqe_seed_table(results, "encoder").splitlines()[2:]
+    assert len(rows) == 1  # no seed ran `kcenter`, so it gets no row
+    cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert cells == [
+        "cr", "`centroid`", "2 / 10", "0.800 / 0.900 (3,012)", "0.810 / 0.880 (52%)",
+        "+1.0 (0.35) / -2.0 (< 0.001)", "-0.50", "+1.0 (0.050) / -1.0 (0.20)", "+0.00", "1,234 / 234, 10 / 4",
+    ]
