@@ -433,8 +433,16 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
     cleanlab_seconds = time.perf_counter() - started
     # cleanlab at DQE's cost: two random stratified folds, i.e. two half-size fits like DQE's two directions.
     started = time.perf_counter()
-    issues_two_folds = cleanlab_issues(noisy, out_of_fold_probabilities(fits, noisy, model.seed, n_folds=2))
+    two_fold_probabilities = out_of_fold_probabilities(fits, noisy, model.seed, n_folds=2)
+    issues_two_folds = cleanlab_issues(noisy, two_fold_probabilities)
     two_folds_seconds = time.perf_counter() - started
+    # DQE's curation with the noise test moved onto those random folds (four half-size fits in all).
+    started, reused = time.perf_counter(), fits.reused_seconds
+    on_random_folds = run_dqe(
+        data.train_vectors, noisy, fits, criterion="centroid", seed=model.seed,
+        both_directions=True, noise_rule="confident_learning", noise_probabilities=two_fold_probabilities,
+    )
+    random_folds_seconds = time.perf_counter() - started + fits.reused_seconds - reused + two_folds_seconds
     # The same confident-learning filter on DQE's own two halves as folds: is the gap the rule or the folds?
     started = time.perf_counter()
     issues_on_halves = cleanlab_issues(noisy, learned.probabilities)
@@ -449,6 +457,8 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
         # Beyond the paper: the same two fits, noisy = confident learning on their out-of-sample probabilities.
         "dqe_both_cl": (learned.curation.positions, learned.flagged, learned_seconds),
         "dqe_both_cl_filter": (np.setdiff1d(everything, learned.flagged), learned.flagged, learned_seconds),
+        # Beyond that: the same curation, noisy = confident learning on two random stratified folds instead.
+        "dqe_both_cl_random_folds": (on_random_folds.curation.positions, on_random_folds.flagged, random_folds_seconds),
         "cleanlab": (np.setdiff1d(everything, issues), issues, cleanlab_seconds),
         "cleanlab_2fold": (np.setdiff1d(everything, issues_two_folds), issues_two_folds, two_folds_seconds),
         "cleanlab_on_dqe_halves": (np.setdiff1d(everything, issues_on_halves), issues_on_halves, halves_seconds),

@@ -193,3 +193,55 @@ def test_confident_learning_needs_both_directions_and_fit_predict_must_return_pr
 def test_probabilities_over_puts_each_trained_class_in_its_column():
     expanded = probabilities_over(["a", "b", "c"], ["c", "a"], np.array([[0.9, 0.1], [0.2, 0.8]]))
     assert np.array_equal(expanded, [[0.1, 0.0, 0.9], [0.8, 0.0, 0.2]])
+
+
+def random_fold_probabilities(fit_predict, n_rows: int, seed: int) -> np.ndarray:
+    """Out-of-sample probabilities from two random halves (exchangeable folds, unlike DQE's diverse halves)."""
+    order = np.random.default_rng(seed).permutation(n_rows)
+    first, second = np.sort(order[: n_rows // 2]), np.sort(order[n_rows // 2:])
+    probabilities = np.empty((n_rows, 3))
+    probabilities[second] = fit_predict(first, second)
+    probabilities[first] = fit_predict(second, first)
+    return probabilities
+
+
+def test_noise_probabilities_from_other_folds_decide_which_wrong_rows_are_noisy():
+    vectors, labels, flipped = flipped_blobs(seed=12)
+    model = linear_model(vectors, labels)
+    from_folds = random_fold_probabilities(model, len(labels), seed=5)
+    own = run_dqe(vectors, labels, model, seed=3, both_directions=True, noise_rule="confident_learning")
+    # A row the diverse halves predict right, which these folds are sure is mislabelled.
+    right = np.setdiff1d(np.arange(len(labels)), np.concatenate([own.forward["row"], own.reverse["row"]]))[0]
+    from_folds[right] = 0.0
+    from_folds[right, 2 if labels[right] != "c2" else 0] = 1.0
+    outcome = run_dqe(
+        vectors, labels, model, seed=3, both_directions=True, noise_rule="confident_learning",
+        noise_probabilities=from_folds,
+    )
+    # The halves, and so the wrong rows that are triaged, are DQE's own; only the noise test changed.
+    assert np.array_equal(outcome.sampled, own.sampled)
+    assert np.array_equal(outcome.forward["row"], own.forward["row"])
+    issues = label_issues(np.searchsorted(np.asarray(["c0", "c1", "c2"], dtype=object), labels), from_folds)
+    for frame in (outcome.forward, outcome.reverse):
+        assert np.array_equal(issues[frame["row"]], (frame["category"] == NOISY).to_numpy())
+    # A row the random folds call mislabelled but the diverse halves predict right is not a DQE mistake: kept.
+    wrong = np.concatenate([outcome.forward["row"], outcome.reverse["row"]])
+    assert issues[right] and right not in set(outcome.flagged)
+    assert set(outcome.flagged) == set(np.flatnonzero(issues)) & set(wrong)
+    assert len(set(outcome.flagged) & set(flipped)) >= 0.5 * len(flipped)
+    assert not set(outcome.flagged) & set(outcome.curation.positions)
+
+
+def test_noise_probabilities_are_checked_and_need_the_confident_learning_rule():
+    vectors, labels = blobs()
+    model = one_nearest_neighbour(vectors, labels)
+    probabilities = np.full((len(labels), 3), 1 / 3)
+    forward_only = run_dqe(vectors, labels, model, noise_rule="confident_learning", noise_probabilities=probabilities)
+    assert forward_only.reverse is None  # with probabilities given, one direction is enough
+    with pytest.raises(ValueError, match="only read by noise_rule='confident_learning'"):
+        run_dqe(vectors, labels, model, noise_probabilities=probabilities)
+    with pytest.raises(ValueError, match=r"noise_probabilities must be class probabilities of shape \(120, 3\)"):
+        run_dqe(vectors, labels, model, noise_rule="confident_learning", noise_probabilities=probabilities[:-1])
+    probabilities[7, 1] = np.nan
+    with pytest.raises(ValueError, match="found NaN"):
+        run_dqe(vectors, labels, model, noise_rule="confident_learning", noise_probabilities=probabilities)

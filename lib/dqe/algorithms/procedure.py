@@ -108,6 +108,7 @@ def run_dqe(
     both_directions: bool = False,
     noise_rule: Literal["neighbor", "confident_learning"] = "neighbor",
     policy: Literal["drop_flagged", "drop_pair"] = "drop_flagged",
+    noise_probabilities: np.ndarray | None = None,
 ) -> DqeOutcome:
     """Run DQE once: select, fit on ``sampled``, predict ``unsampled``, triage, curate.
 
@@ -116,13 +117,29 @@ def run_dqe(
     under ``drop_pair``, their neighbours), as in the Spark ``curate`` stage. ``noise_rule="confident_learning"``
     (needs both directions) calls a wrong row noisy when confident learning on those probabilities flags its
     label, instead of when its nearest neighbour's label differs (``triage.noise_rule`` in the Spark stage).
+    ``noise_probabilities`` (one row per row, one column per sorted label) gives that rule out-of-sample
+    probabilities from other fits, e.g. two random stratified folds, instead of the two directions' own: greedy
+    selection puts atypical, often mislabelled, rows into ``sampled``, which makes the diverse halves poorer folds
+    for confident learning than exchangeable ones (bench/README.md). The curation still triages the diverse halves'
+    mistakes; only the noise test changes. Not in the Spark stages yet.
     """
     if noise_rule not in ("neighbor", "confident_learning"):
         raise ValueError(f"noise_rule must be 'neighbor' or 'confident_learning', got {noise_rule!r}")
-    if noise_rule == "confident_learning" and not both_directions:
-        raise ValueError("noise_rule='confident_learning' needs both_directions=True: a probability for every row")
+    if noise_rule == "confident_learning" and not both_directions and noise_probabilities is None:
+        raise ValueError(
+            "noise_rule='confident_learning' needs a probability for every row: both_directions=True or "
+            "noise_probabilities"
+        )
+    if noise_probabilities is not None and noise_rule != "confident_learning":
+        raise ValueError("noise_probabilities are only read by noise_rule='confident_learning'")
     label_array = np.asarray(labels, dtype=object)
     classes = np.asarray(sorted(set(label_array.tolist())), dtype=object)
+    if noise_probabilities is not None:
+        noise_probabilities = _checked(
+            noise_probabilities, len(label_array), len(classes), source="noise_probabilities must be"
+        )
+        if np.isnan(noise_probabilities).any():
+            raise ValueError("noise_probabilities must hold an out-of-sample probability for every row; found NaN")
     sampled = select_per_label(vectors, label_array, ratio=ratio, criterion=criterion, seed=seed)
     train, held_out = np.flatnonzero(sampled), np.flatnonzero(~sampled)
     probabilities = np.full((len(label_array), len(classes)), np.nan)
@@ -133,7 +150,8 @@ def run_dqe(
     predicted[held_out] = classes[probabilities[held_out].argmax(axis=1)]
     mislabelled = None
     if noise_rule == "confident_learning":
-        mislabelled = label_issues(np.searchsorted(classes, label_array), probabilities)
+        tested = probabilities if noise_probabilities is None else noise_probabilities
+        mislabelled = label_issues(np.searchsorted(classes, label_array), tested)
     forward = categorize(vectors, label_array, sampled, predicted, mislabelled=mislabelled)
     result = curate(forward, label_array, sampled, policy=policy)
     reverse = None
@@ -148,11 +166,13 @@ def run_dqe(
     return DqeOutcome(sampled=sampled, forward=forward, reverse=reverse, curation=result, probabilities=probabilities)
 
 
-def _checked(probabilities: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
+def _checked(
+    probabilities: np.ndarray, n_rows: int, n_classes: int, source: str = "fit_predict must return"
+) -> np.ndarray:
     array = np.asarray(probabilities)
     if array.shape != (n_rows, n_classes) or not np.issubdtype(array.dtype, np.number):
         raise ValueError(
-            f"fit_predict must return class probabilities of shape ({n_rows}, {n_classes}): one row per predicted "
+            f"{source} class probabilities of shape ({n_rows}, {n_classes}): one row per predicted "
             f"position, one column per label (sorted); got shape {array.shape} of {array.dtype}"
         )
     return array.astype(np.float64)
