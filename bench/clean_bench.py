@@ -75,7 +75,7 @@ def build_input(rows: int, path: Path, seed: int = 0) -> dict[str, int]:
 
 
 def run_pandas(path: Path, out: Path, config) -> tuple[float, pd.DataFrame]:
-    from dqe.clean import clean_pandas
+    from dqe.algorithms.cleaning import clean_pandas
 
     started = time.perf_counter()
     raw = pd.read_parquet(path)

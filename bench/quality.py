@@ -22,7 +22,7 @@ Splits (fixed, seed 0; the seeds vary the greedy start, the random subset, the n
 MR, CR, SUBJ: a stratified 80/20 split of the only split. AG News: its 7,600 rows split 80/20 the same way.
 SST-2, SST-5, TREC: the official train/test. IMDb: stratified 5,000 of train and 5,000 of test (embedding all
 50,000 long reviews takes longer than the rest together on two cores). Training rows pass through
-:func:`dqe.clean.clean_pandas` (missing texts, exact duplicates, label conflicts out); test rows are normalised
+:func:`dqe.algorithms.cleaning.clean_pandas` (missing texts, exact duplicates, label conflicts out); test rows are normalised
 the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.cache/quality/``.
 
     .venv/bin/python bench/quality.py                                  # everything with the linear model
@@ -55,9 +55,9 @@ import numpy as np
 import pandas as pd
 
 from dqe.algorithms import stats
+from dqe.algorithms.cleaning import clean_pandas, normalize_label, normalize_text
 from dqe.algorithms.procedure import probabilities_over, run_dqe
 from dqe.algorithms.triage_rule import NOISY, curate
-from dqe.clean import clean_pandas, normalize_label, normalize_text
 from dqe.config import CleanConfig, EmbedConfig, TrainConfig
 from dqe.errors import DqeError
 from dqe.trainers.base import resolve_device
@@ -121,12 +121,13 @@ def raw_splits(name: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 def embed_cached(texts: list[str], threads: int) -> np.ndarray:
     """``threads`` must be the run's own budget: ``encode`` sets torch's thread count for the whole process, and a
     run started with ``--threads 1`` beside another that embeds with every core then trains with two OpenMP threads
-    per process on two cores, about three times slower."""
-    from dqe.embed import encode
-
+    per process on two cores, about three times slower. Only a cache miss imports the embedding stage (and Spark
+    with it), so a machine without Spark runs the bench on embeddings cached elsewhere."""
     digest = hashlib.sha256("\x1f".join(texts).encode("utf-8")).hexdigest()[:16]
     path = CACHE_DIR / f"{digest}.npy"
     if not path.exists():
+        from dqe.embed import encode
+
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         vectors, _ = encode(texts, EmbedConfig(torch_threads_per_worker=threads))

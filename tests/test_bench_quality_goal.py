@@ -4,6 +4,7 @@ data the way hand-written counts did (the README once said 13 runs at or above r
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -114,3 +115,20 @@ def test_the_seed_table_lists_each_seed_in_numeric_order_with_its_gaps_p_values_
         "cr", "`centroid`", "2 / 10", "0.800 / 0.900 (3,012)", "0.810 / 0.880 (52%)",
         "+1.0 (0.35) / -2.0 (< 0.001)", "-0.50", "+1.0 (0.050) / -1.0 (0.20)", "+0.00", "1,234 / 234, 10 / 4",
     ]
+
+
+def test_the_bench_and_the_trainers_import_without_spark_mlflow_or_deepspeed():
+    # The GPU machines this bench can borrow have torch and transformers but no Spark, MLflow or DeepSpeed: the
+    # quality bench (its data cleaning, the DQE procedure, the trainers) must not need them to start.
+    blocked = ("pyspark", "py4j", "mlflow", "deepspeed")
+    script = (
+        "import sys, importlib.util\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        f"spec = importlib.util.spec_from_file_location('bench_quality', {str(BENCH)!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "import dqe.trainers\n"
+        "assert not any(sys.modules.get(name) for name in " + repr(blocked) + ")\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from dqe.algorithms.cleaning import REASONS, clean_pandas
 from dqe.catalog import Catalog, Table
-from dqe.clean import REASONS, clean, clean_pandas
+from dqe.clean import clean
 from dqe.ingest import ingest
 
 from conftest import SHARED_DATA

@@ -16,8 +16,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from dqe.algorithms import stats
+from dqe.algorithms.cleaning import normalize_label, normalize_text
 from dqe.catalog import Catalog, Table
-from dqe.clean import normalize_label, normalize_text
 from dqe.config import DqeConfig
 from dqe.embed import encode, model_identifier
 from dqe.errors import InputError
