@@ -522,9 +522,10 @@ def _mean_std(values: list[float], digits: int = 4) -> str:
 
 
 def records_by(run: dict, field: str) -> dict[str, list[dict]]:
-    """A run's records of every seed, grouped by ``field`` (the variant or the method)."""
+    """A run's records of every seed, grouped by ``field`` (the variant or the method), in the order of the seed
+    with the most records: a method added to the bench later lists where the code puts it, not last."""
     grouped: dict[str, list[dict]] = {}
-    for seed_records in run["seeds"].values():
+    for seed_records in sorted(run["seeds"].values(), key=len, reverse=True):
         for record in seed_records:
             grouped.setdefault(record[field], []).append(record)
     return grouped
@@ -746,9 +747,10 @@ def noise_goal_table(results: dict, model: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     settings: dict[tuple[str, float], dict[str, list[tuple[dict, dict]]]] = {}
-    for run in runs_of(results, "noise", model):
+    runs = sorted(runs_of(results, "noise", model), key=lambda run: -max(map(len, run["seeds"].values())))
+    for run in runs:  # the most complete first, so that its method order leads (see records_by)
         by_method = settings.setdefault((run["kind"], run["rate"]), {})
-        for records in run["seeds"].values():
+        for records in sorted(run["seeds"].values(), key=len, reverse=True):
             noisy_full = next(r for r in records if r["method"] == "noisy_full")
             for record in records:
                 if record["method"] != "noisy_full":

@@ -132,3 +132,11 @@ def test_the_bench_and_the_trainers_import_without_spark_mlflow_or_deepspeed():
     )
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
+
+
+def test_a_method_added_later_is_listed_where_the_code_puts_it(quality):
+    older = [{"method": "noisy_full"}, {"method": "cleanlab"}]
+    newer = [{"method": "noisy_full"}, {"method": "dqe_both_cl_random_folds"}, {"method": "cleanlab"}]
+    grouped = quality.records_by({"seeds": {"0": older, "1": newer}}, "method")
+    assert list(grouped) == ["noisy_full", "dqe_both_cl_random_folds", "cleanlab"]
+    assert [len(records) for records in grouped.values()] == [2, 1, 2]
