@@ -22,8 +22,8 @@ Splits (fixed, seed 0; the seeds vary the greedy start, the random subset, the n
 MR, CR, SUBJ: a stratified 80/20 split of the only split. AG News: its 7,600 rows split 80/20 the same way.
 SST-2, SST-5, TREC: the official train/test. IMDb: stratified 5,000 of train and 5,000 of test (embedding all
 50,000 long reviews takes longer than the rest together on two cores). Training rows pass through
-:func:`dqe.algorithms.cleaning.clean_pandas` (missing texts, exact duplicates, label conflicts out); test rows are normalised
-the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.cache/quality/``.
+:func:`dqe.algorithms.cleaning.clean_pandas` (missing texts, exact duplicates, label conflicts out); test rows are
+normalised the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under ``bench/.cache/quality/``.
 
     .venv/bin/python bench/quality.py                                  # everything with the linear model
     .venv/bin/python bench/quality.py --model encoder --datasets cr trec --seeds 0 --parts dqe
@@ -746,16 +746,16 @@ def noise_goal_table(results: dict, model: str) -> str:
         "runs above noisy full at p < 0.05 / below it |",
         "|---|---|---|---|---|---|---|",
     ]
-    settings: dict[tuple[str, float], dict[str, list[tuple[dict, dict]]]] = {}
-    runs = sorted(runs_of(results, "noise", model), key=lambda run: -max(map(len, run["seeds"].values())))
-    for run in runs:  # the most complete first, so that its method order leads (see records_by)
-        by_method = settings.setdefault((run["kind"], run["rate"]), {})
-        for records in sorted(run["seeds"].values(), key=len, reverse=True):
+    seed_records: dict[tuple[str, float], list[list[dict]]] = {}
+    for run in runs_of(results, "noise", model):
+        seed_records.setdefault((run["kind"], run["rate"]), []).extend(run["seeds"].values())
+    for (kind, rate), record_lists in sorted(seed_records.items()):
+        by_method: dict[str, list[tuple[dict, dict]]] = {}
+        for records in sorted(record_lists, key=len, reverse=True):  # the code's method order leads, as in records_by
             noisy_full = next(r for r in records if r["method"] == "noisy_full")
             for record in records:
                 if record["method"] != "noisy_full":
                     by_method.setdefault(record["method"], []).append((record, noisy_full))
-    for (kind, rate), by_method in sorted(settings.items()):
         for method, pairs in by_method.items():
             gains = np.array([100 * (r["accuracy"] - full["accuracy"]) for r, full in pairs])
             significant = np.array([r["vs_noisy_full"]["p_ttest"] < 0.05 for r, _ in pairs])
