@@ -141,6 +141,11 @@ def run_training_job(job: TrainingJob) -> None:
             # -1 = without DeepSpeed; 0 is DeepSpeed without partitioning.
             log["metrics"]["deepspeed_zero_stage"] = -1 if zero_stage is None else zero_stage
             (Path(job.output_dir) / TRAINING_LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # A rank that exits with its process group alive can abort in the group's threads at teardown
+            # ("terminate called without an active exception"), and torchrun then kills the other rank mid-write.
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
     finally:
         # A ZeRO-3 config left registered would make later from_pretrained calls in this process partition weights.
         unset_hf_deepspeed_config()
