@@ -230,6 +230,17 @@ def scores(data: Dataset, correct: np.ndarray, predicted: np.ndarray) -> dict[st
     }
 
 
+def recall_by_class(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Test recall of each true class: macro-F1 can fall by a whole class while accuracy hardly moves (a rare class
+    that a cleaning removed), and this says which class it was."""
+    return {str(label): float(np.mean(predicted[truth == label] == label)) for label in classes_of(truth)}
+
+
+def count_by_class(labels: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(labels.astype(str), return_counts=True)
+    return {str(value): int(count) for value, count in zip(values, counts)}
+
+
 def versus(correct: np.ndarray, other: np.ndarray) -> dict[str, float]:
     return {
         "p_ttest": stats.paired_t_test(correct, other).p_value,
@@ -477,7 +488,10 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
             "flipped": int(flipped.sum()),
             "train_rows": int(len(rows)),
             "flipped_in_train_rows": int(flipped[rows].sum()),
+            # What each class can be learnt from: the rows it kept whose label is right.
+            "right_labels_by_class": count_by_class(noisy[rows][~flipped[rows]]),
             **scores(data, correct, predicted),
+            "test_recall_by_class": recall_by_class(data.test_labels, predicted),
         }
         if flags is not None:
             record.update(flag_scores(flags, flipped))
