@@ -236,9 +236,9 @@ def recall_by_class(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float
     return {str(label): float(np.mean(predicted[truth == label] == label)) for label in classes_of(truth)}
 
 
-def count_by_class(labels: np.ndarray) -> dict[str, int]:
-    values, counts = np.unique(labels.astype(str), return_counts=True)
-    return {str(value): int(count) for value, count in zip(values, counts)}
+def count_by_class(labels: np.ndarray, classes: np.ndarray) -> dict[str, int]:
+    """Rows of each of ``classes``, zero included: a class a cleaning emptied must show as 0, not go missing."""
+    return {str(label): int(np.sum(labels == label)) for label in classes}
 
 
 def versus(correct: np.ndarray, other: np.ndarray) -> dict[str, float]:
@@ -489,7 +489,7 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
             "train_rows": int(len(rows)),
             "flipped_in_train_rows": int(flipped[rows].sum()),
             # What each class can be learnt from: the rows it kept whose label is right.
-            "right_labels_by_class": count_by_class(noisy[rows][~flipped[rows]]),
+            "right_labels_by_class": count_by_class(noisy[rows][~flipped[rows]], classes_of(noisy)),
             **scores(data, correct, predicted),
             "test_recall_by_class": recall_by_class(data.test_labels, predicted),
         }

@@ -162,7 +162,7 @@ def test_noise_records_count_each_class_s_right_labels_and_test_recall(quality):
     records = {r["method"]: r for r in quality.noise_runs(data, quality.Model("linear", 0, 1), "uniform", 0.2)}
 
     noisy, flipped = quality.inject_noise(train_labels, train_vectors, "uniform", 0.2, 0)
-    unflipped = quality.count_by_class(train_labels[~flipped])
+    unflipped = quality.count_by_class(train_labels[~flipped], quality.classes_of(train_labels))
     assert records["noisy_full"]["right_labels_by_class"] == unflipped
     assert records["oracle_clean"]["right_labels_by_class"] == unflipped
     for record in records.values():
@@ -173,3 +173,9 @@ def test_noise_records_count_each_class_s_right_labels_and_test_recall(quality):
         weighted = sum(recalls[label] * np.sum(test_labels == label) for label in sizes) / len(test_labels)
         assert weighted == pytest.approx(record["accuracy"])
     assert records["oracle_clean"]["test_recall_by_class"]["rare"] == 1.0
+
+
+def test_a_class_that_a_cleaning_emptied_counts_zero_rows(quality):
+    labels = np.asarray(["common", "common", "other"], dtype=object)
+    classes = np.asarray(["common", "other", "rare"], dtype=object)
+    assert quality.count_by_class(labels, classes) == {"common": 2, "other": 1, "rare": 0}
