@@ -173,6 +173,10 @@ def test_noise_records_count_each_class_s_right_labels_and_test_recall(quality):
         weighted = sum(recalls[label] * np.sum(test_labels == label) for label in sizes) / len(test_labels)
         assert weighted == pytest.approx(record["accuracy"])
     assert records["oracle_clean"]["test_recall_by_class"]["rare"] == 1.0
+    # The capped methods flag a subset of what their uncapped twins flag, from the same fits.
+    for capped, uncapped in (("dqe_both_cl_capped", "dqe_both_cl"), ("cleanlab_capped", "cleanlab")):
+        assert 0 < records[capped]["flagged"] <= records[uncapped]["flagged"]
+        assert records[capped]["precision"] > 0.5
 
 
 def test_a_class_that_a_cleaning_emptied_counts_zero_rows(quality):

@@ -12,6 +12,7 @@ from dqe.algorithms.confident import (
     NO_GUESS,
     confident_guesses,
     confident_thresholds,
+    flag_quotas,
     joint_counts,
     label_issues,
     removal_counts,
@@ -79,3 +80,45 @@ def test_steps_count_confident_rows_per_label_and_class():
 def test_bad_inputs_are_clear_errors(labels, probabilities, message):
     with pytest.raises(ValueError, match=message):
         label_issues(labels, probabilities)
+
+
+def flooded_label(rng: np.random.Generator):
+    """Class 2 is small and flooded: 20 genuine rows, 60 rows of classes 0 and 1 wrongly labelled 2, and
+    out-of-sample probabilities that, learnt from such rows, confidently put the genuine rows in class 0 too,
+    though by a smaller margin than the intruders."""
+    labels = np.r_[np.zeros(200, int), np.ones(200, int), np.full(80, 2)]
+    probabilities = np.zeros((480, 3))
+    probabilities[:200] = [0.6, 0.2, 0.2]
+    probabilities[200:400] = [0.2, 0.6, 0.2]
+    own, other = rng.uniform(0.25, 0.3, 20), rng.uniform(0.62, 0.7, 20)
+    probabilities[400:420] = np.c_[other, 1 - own - other, own]
+    intruder_class = rng.integers(0, 2, 60)
+    probabilities[420:] = 0.05
+    probabilities[420 + np.arange(60), intruder_class] = 0.9
+    return labels, probabilities
+
+
+def test_max_flagged_share_caps_each_label_and_keeps_its_smallest_margins():
+    labels, probabilities = flooded_label(np.random.default_rng(0))
+    uncapped = label_issues(labels, probabilities)
+    assert uncapped[400:420].sum() >= 10 and uncapped[420:].all()  # the genuine rows go with the intruders
+    capped = label_issues(labels, probabilities, max_flagged_share=0.5)
+    assert 30 <= capped[400:].sum() <= 40
+    assert not capped[400:420].any()  # the cut falls on the smallest margins: the genuine rows
+    assert np.array_equal(capped[:400], uncapped[:400])  # labels the cap does not bind are untouched
+    assert np.array_equal(label_issues(labels, probabilities, max_flagged_share=1.0), uncapped)
+
+
+def test_flag_quotas_shrink_a_label_s_cells_in_proportion():
+    joint = np.array([[50, 0, 0], [0, 50, 0], [30, 15, 5]])
+    counts = np.array([50, 50, 50])
+    assert flag_quotas(joint, counts)[2].tolist() == [30, 15, 0]
+    assert flag_quotas(joint, counts, max_flagged_share=0.5)[2].tolist() == [16, 8, 0]  # 25 of 45, floored
+    assert flag_quotas(joint, counts, max_flagged_share=0.5)[:2].sum() == 0
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
+def test_max_flagged_share_outside_zero_to_one_is_a_clear_error(share):
+    labels, probabilities = flooded_label(np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"max_flagged_share must be in \(0, 1\]"):
+        label_issues(labels, probabilities, max_flagged_share=share)

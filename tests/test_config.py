@@ -100,3 +100,13 @@ def test_confident_learning_noise_rule_needs_both_directions():
     assert load_config(dataset="cr").triage.noise_rule == "neighbor"
     with pytest.raises(ConfigError, match="noise_rule"):
         load_config(dataset="cr", overrides=["triage.noise_rule=knn"])
+
+
+def test_max_flagged_share_is_a_share_and_needs_the_confident_learning_rule():
+    rule = ["triage.noise_rule=confident_learning", "triage.both_directions=true"]
+    assert load_config(dataset="cr", overrides=[*rule, "triage.max_flagged_share=0.5"]).triage.max_flagged_share == 0.5
+    assert load_config(dataset="cr").triage.max_flagged_share == 1.0
+    with pytest.raises(ConfigError, match="max_flagged_share"):
+        load_config(dataset="cr", overrides=[*rule, "triage.max_flagged_share=0"])
+    with pytest.raises(ConfigError, match="read only by noise_rule 'confident_learning'"):
+        load_config(dataset="cr", overrides=["triage.max_flagged_share=0.5"])

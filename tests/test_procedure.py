@@ -245,3 +245,21 @@ def test_noise_probabilities_are_checked_and_need_the_confident_learning_rule():
     probabilities[7, 1] = np.nan
     with pytest.raises(ValueError, match="found NaN"):
         run_dqe(vectors, labels, model, noise_rule="confident_learning", noise_probabilities=probabilities)
+
+
+def test_max_flagged_share_caps_what_the_confident_learning_rule_flags_per_label():
+    vectors, labels, flipped = flipped_blobs(seed=9, n_flips=40)
+    model = linear_model(vectors, labels)
+    kwargs = dict(seed=3, both_directions=True, noise_rule="confident_learning")
+    uncapped = run_dqe(vectors, labels, model, **kwargs)
+    capped = run_dqe(vectors, labels, model, max_flagged_share=0.05, **kwargs)
+    classes = np.asarray(sorted(set(labels.tolist())), dtype=object)
+    expected = label_issues(np.searchsorted(classes, labels), capped.probabilities, max_flagged_share=0.05)
+    assert set(capped.flagged) == set(np.flatnonzero(expected))
+    assert set(capped.flagged) < set(uncapped.flagged)
+    for label in classes:
+        assert np.sum(labels[capped.flagged] == label) <= int(0.05 * np.sum(labels == label))
+    with pytest.raises(ValueError, match="max_flagged_share is only read by noise_rule='confident_learning'"):
+        run_dqe(vectors, labels, model, both_directions=True, max_flagged_share=0.5)
+    with pytest.raises(ValueError, match=r"max_flagged_share must be in \(0, 1\]"):
+        run_dqe(vectors, labels, model, max_flagged_share=2.0, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dqe.algorithms.confident import label_issues
 from dqe.algorithms.triage_rule import categorize
@@ -35,9 +36,7 @@ def _maps(probabilities: np.ndarray, classes: list[str], unseen: np.ndarray) -> 
     return maps
 
 
-def test_distributed_flags_equal_label_issues(spark):
-    rng = np.random.default_rng(11)
-    classes = ["a", "b", "c", "d"]
+def _scored_with_ties(spark, rng: np.random.Generator, classes: list[str]):
     given = rng.integers(0, len(classes), 400)
     probabilities = _probabilities(rng, given, len(classes))
     unseen = rng.random(400) < 0.2
@@ -58,18 +57,35 @@ def test_distributed_flags_equal_label_issues(spark):
     scored = spark.createDataFrame(
         frame, "row_id string, pos long, label string, probabilities map<string, double>"
     ).repartition(4)
+    order = np.argsort(pos)  # the in-memory rule breaks margin ties by position in its input
+    return scored, frame["row_id"].to_numpy(), given, probabilities, order
+
+
+def test_distributed_flags_equal_label_issues(spark):
+    classes = ["a", "b", "c", "d"]
+    scored, row_ids, given, probabilities, order = _scored_with_ties(spark, np.random.default_rng(11), classes)
     got = {r.row_id for r in confident_learning_flags(scored, classes).collect()}
 
-    order = np.argsort(pos)  # the in-memory rule breaks margin ties by position in its input
-    expected_mask = label_issues(given[order], probabilities[order])
-    expected = set(frame["row_id"].to_numpy()[order][expected_mask])
+    expected = set(row_ids[order][label_issues(given[order], probabilities[order])])
     assert len(expected) > 20
     assert got == expected
     backwards = order[::-1]  # ties to the higher position instead: the fixture's ties reach the cuts
-    assert set(frame["row_id"].to_numpy()[backwards][label_issues(given[backwards], probabilities[backwards])]) != expected
+    assert set(row_ids[backwards][label_issues(given[backwards], probabilities[backwards])]) != expected
 
 
-def test_stage_calls_exactly_the_flagged_wrong_rows_noisy(spark, make_config):
+def test_distributed_flags_apply_the_same_per_label_cap(spark):
+    classes = ["a", "b", "c", "d"]
+    scored, row_ids, given, probabilities, order = _scored_with_ties(spark, np.random.default_rng(11), classes)
+    got = {r.row_id for r in confident_learning_flags(scored, classes, max_flagged_share=0.1).collect()}
+
+    expected = set(row_ids[order][label_issues(given[order], probabilities[order], max_flagged_share=0.1)])
+    uncapped = set(row_ids[order][label_issues(given[order], probabilities[order])])
+    assert 10 < len(expected) < len(uncapped)
+    assert got == expected
+
+
+@pytest.mark.parametrize("share", [1.0, 0.2])
+def test_stage_calls_exactly_the_flagged_wrong_rows_noisy(spark, make_config, share):
     raw = _trec_rows(600)
     rng = np.random.default_rng(5)
     labels = raw["label"].to_numpy(dtype=object)
@@ -80,14 +96,18 @@ def test_stage_calls_exactly_the_flagged_wrong_rows_noisy(spark, make_config):
     vectors = rng.normal(size=(len(raw), 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sampled = rng.random(len(raw)) < 0.5
-    config = make_config("trec", "triage.both_directions=true", "triage.noise_rule=confident_learning")
+    config = make_config(
+        "trec", "triage.both_directions=true", "triage.noise_rule=confident_learning", f"triage.max_flagged_share={share}"
+    )
     maps = _maps(probabilities, classes, np.zeros(len(raw), dtype=bool))
     row_ids = _write_inputs(spark, config, raw, vectors, sampled, predicted, maps)
     triage(spark, config)
     got = spark.table(Catalog.from_config(config).name(Table.TRIAGE)).toPandas()
 
-    flags = label_issues(given, probabilities)  # row_ids sort like positions, so ties break alike
+    flags = label_issues(given, probabilities, share)  # row_ids sort like positions, so ties break alike
     assert flags.sum() > 20
+    if share < 1.0:  # the configured cap reaches the stage and binds
+        assert flags.sum() < label_issues(given, probabilities).sum()
     noisy_row_ids = set(got.loc[got["category"] == "noisy", "row_id"])
     assert noisy_row_ids == {row_ids[i] for i in np.flatnonzero(flags)}
     for direction, training in (("forward", sampled), ("reverse", ~sampled)):

@@ -161,6 +161,9 @@ class TriageConfig(_Strict):
     # confident_learning: a wrong row is noisy when confident learning on the two directions' out-of-sample
     # probabilities calls its label wrong (dqe.algorithms.confident). It needs both directions.
     noise_rule: Literal["neighbor", "confident_learning"] = "neighbor"
+    # confident_learning only: the most of each label's rows it may flag (1.0: no cap). A small class that uniform
+    # noise floods with wrong labels otherwise loses its genuine rows too (bench/README.md, "DQE quality").
+    max_flagged_share: float = Field(1.0, gt=0, le=1)
     noisy_policy: Literal["drop_flagged", "drop_pair", "relabel"] = "drop_flagged"
     judge: JudgeConfig = JudgeConfig()
 
@@ -171,6 +174,8 @@ class TriageConfig(_Strict):
                 "noise_rule 'confident_learning' needs an out-of-sample probability for every row: "
                 "set triage.both_directions to true"
             )
+        if self.max_flagged_share != 1.0 and self.noise_rule != "confident_learning":
+            raise ValueError("triage.max_flagged_share is read only by noise_rule 'confident_learning'")
         return self
 
 

@@ -171,12 +171,13 @@ def _within_quota(
     return order[np.arange(len(order)) - first < quota[cell_given, cell_class]]
 
 
-def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame:
+def confident_learning_flags(scored: DataFrame, classes: list[str], max_flagged_share: float = 1.0) -> DataFrame:
     """The ``row_id``s whose label confident learning calls wrong, computed without collecting the probabilities.
 
     ``scored``: one row per row to judge with ``row_id``, ``pos`` (ties in the margin go to the lower ``pos``),
     ``label`` and its out-of-sample ``probabilities`` (map label → probability). ``classes``: every label,
-    sorted. The same set as :func:`dqe.algorithms.confident.label_issues` on the rows in ``pos`` order.
+    sorted. The same set as :func:`dqe.algorithms.confident.label_issues` on the rows in ``pos`` order, with the
+    same ``max_flagged_share``.
     """
     spark = scored.sparkSession
     index = {label: i for i, label in enumerate(classes)}
@@ -205,7 +206,7 @@ def confident_learning_flags(scored: DataFrame, classes: list[str]) -> DataFrame
         counted["given"].to_numpy(), counted["guess"].to_numpy(), len(classes), counts=counted["count"].to_numpy()
     )
     label_counts = np.bincount(counted["given"], weights=counted["count"], minlength=len(classes)).astype(np.int64)
-    to_remove = flag_quotas(joint, label_counts)
+    to_remove = flag_quotas(joint, label_counts, max_flagged_share)
     cells = spark.sparkContext.broadcast(to_remove)
 
     def margins(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -399,7 +400,7 @@ def triage(spark: SparkSession, config: DqeConfig) -> dict[str, object]:
                 predictions.select("row_id", "split", "probabilities"), ["row_id", "split"]
             )
             classes = sorted(r.label for r in rows.select("label").distinct().collect())
-            mislabelled = confident_learning_flags(scored, classes).localCheckpoint()
+            mislabelled = confident_learning_flags(scored, classes, config.triage.max_flagged_share).localCheckpoint()
         triaged = None
         for direction in directions:
             part = triage_direction(spark, rows, predictions, direction, config.triage, mislabelled)

@@ -14,6 +14,12 @@ it runs on a corpus that does not fit one machine and needs no AGPL dependency i
 4. :func:`label_issues` — per given label ``i`` and class ``j``, the rows with the largest margin
    ``p_j − p_i``, as many as :func:`flag_quotas` says; never a row whose most probable class is its label.
 
+``max_flagged_share`` (beyond cleanlab; 1.0, i.e. off, by default) caps what may be flagged of each given label:
+when a label's quotas add up to more than that share of its rows, every quota of the label shrinks in proportion,
+so the rows with the largest margins are still the ones flagged. It is for a small class that uniform noise
+floods with wrong labels: out-of-sample models fitted on such rows flag its genuine members too
+(``bench/README.md``).
+
 Steps 1 and 3 need only per-class sums and counts, step 2 and the margins are per row, and step 4 is a top-n per
 (label, class) cell: that is how the Spark stage distributes it. The result equals
 ``cleanlab.filter.find_label_issues`` with its defaults (``filter_by="prune_by_noise_rate"``), which the tests
@@ -115,16 +121,33 @@ def removal_counts(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
     return adjusted.astype(np.int64).T  # truncated, as cleanlab does
 
 
-def flag_quotas(joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+def check_max_flagged_share(max_flagged_share: float) -> float:
+    share = float(max_flagged_share)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(
+            f"max_flagged_share must be in (0, 1]: the most of a label's rows that may be flagged; got {max_flagged_share}"
+        )
+    return share
+
+
+def flag_quotas(joint: np.ndarray, label_counts: np.ndarray, max_flagged_share: float = 1.0) -> np.ndarray:
     """Per (given label, true class) cell, how many rows to flag: :func:`removal_counts` off the diagonal, none
-    for a label with ``MIN_ROWS_PER_CLASS`` rows or fewer."""
+    for a label with ``MIN_ROWS_PER_CLASS`` rows or fewer, and per label at most ``max_flagged_share`` of its rows
+    (its quotas scaled down in proportion, rounded down)."""
+    share = check_max_flagged_share(max_flagged_share)
+    label_counts = np.asarray(label_counts)
     quotas = removal_counts(joint, label_counts)
-    quotas[np.asarray(label_counts) <= MIN_ROWS_PER_CLASS] = 0
+    quotas[label_counts <= MIN_ROWS_PER_CLASS] = 0
     np.fill_diagonal(quotas, 0)
+    if share < 1.0:
+        cap = np.floor(share * label_counts)
+        totals = quotas.sum(axis=1)
+        scale = np.where(totals > cap, cap / np.maximum(totals, 1), 1.0)
+        quotas = np.floor(quotas * scale[:, None]).astype(np.int64)
     return quotas
 
 
-def label_issues(labels: object, probabilities: object) -> np.ndarray:
+def label_issues(labels: object, probabilities: object, max_flagged_share: float = 1.0) -> np.ndarray:
     """Boolean mask of the rows whose given label confident learning calls wrong.
 
     Parameters
@@ -133,12 +156,14 @@ def label_issues(labels: object, probabilities: object) -> np.ndarray:
         Given labels as class indices (columns of ``probabilities``).
     probabilities : array of shape (n_rows, n_classes)
         Out-of-sample class probabilities: each row predicted by a model that did not train on it.
+    max_flagged_share : float in (0, 1]
+        The most of each given label's rows that may be flagged (1.0: no cap, as cleanlab).
     """
     label_array, matrix = check_inputs(labels, probabilities)
     n_classes = matrix.shape[1]
     guesses = confident_guesses(matrix, confident_thresholds(label_array, matrix))
     label_counts = np.bincount(label_array, minlength=n_classes)
-    quotas = flag_quotas(joint_counts(label_array, guesses, n_classes), label_counts)
+    quotas = flag_quotas(joint_counts(label_array, guesses, n_classes), label_counts, max_flagged_share)
     flagged = np.zeros(len(label_array), dtype=bool)
     for given, true_class in zip(*np.nonzero(quotas)):
         members = np.flatnonzero(label_array == given)

@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import numpy as np
 import pandas as pd
 
-from dqe.algorithms.confident import label_issues
+from dqe.algorithms.confident import check_max_flagged_share, label_issues
 from dqe.algorithms.greedy import check_criterion, greedy_select
 from dqe.algorithms.triage_rule import NOISY, Curation, categorize, curate, drop_reverse_noise
 
@@ -109,6 +109,7 @@ def run_dqe(
     noise_rule: Literal["neighbor", "confident_learning"] = "neighbor",
     policy: Literal["drop_flagged", "drop_pair"] = "drop_flagged",
     noise_probabilities: np.ndarray | None = None,
+    max_flagged_share: float = 1.0,
 ) -> DqeOutcome:
     """Run DQE once: select, fit on ``sampled``, predict ``unsampled``, triage, curate.
 
@@ -121,7 +122,9 @@ def run_dqe(
     probabilities from other fits, e.g. two random stratified folds, instead of the two directions' own: greedy
     selection puts atypical, often mislabelled, rows into ``sampled``, which makes the diverse halves poorer folds
     for confident learning than exchangeable ones (bench/README.md). The curation still triages the diverse halves'
-    mistakes; only the noise test changes. Not in the Spark stages yet.
+    mistakes; only the noise test changes. Not in the Spark stages yet. ``max_flagged_share`` caps, per label,
+    the share of its rows that rule may flag (:func:`~dqe.algorithms.confident.flag_quotas`;
+    ``triage.max_flagged_share`` in the Spark stage).
     """
     if noise_rule not in ("neighbor", "confident_learning"):
         raise ValueError(f"noise_rule must be 'neighbor' or 'confident_learning', got {noise_rule!r}")
@@ -132,6 +135,9 @@ def run_dqe(
         )
     if noise_probabilities is not None and noise_rule != "confident_learning":
         raise ValueError("noise_probabilities are only read by noise_rule='confident_learning'")
+    if max_flagged_share != 1.0 and noise_rule != "confident_learning":
+        raise ValueError("max_flagged_share is only read by noise_rule='confident_learning'")
+    check_max_flagged_share(max_flagged_share)
     label_array = np.asarray(labels, dtype=object)
     classes = np.asarray(sorted(set(label_array.tolist())), dtype=object)
     if noise_probabilities is not None:
@@ -151,7 +157,7 @@ def run_dqe(
     mislabelled = None
     if noise_rule == "confident_learning":
         tested = probabilities if noise_probabilities is None else noise_probabilities
-        mislabelled = label_issues(np.searchsorted(classes, label_array), tested)
+        mislabelled = label_issues(np.searchsorted(classes, label_array), tested, max_flagged_share)
     forward = categorize(vectors, label_array, sampled, predicted, mislabelled=mislabelled)
     result = curate(forward, label_array, sampled, policy=policy)
     reverse = None
