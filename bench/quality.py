@@ -512,6 +512,8 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
             "flipped_in_train_rows": int(flipped[rows].sum()),
             # What each class can be learnt from: the rows it kept whose label is right.
             "right_labels_by_class": count_by_class(noisy[rows][~flipped[rows]], classes_of(noisy)),
+            # ... and what it must learn against: the kept rows given its label by the injected noise.
+            "wrong_labels_by_class": count_by_class(noisy[rows][flipped[rows]], classes_of(noisy)),
             **scores(data, correct, predicted),
             "test_recall_by_class": recall_by_class(data.test_labels, predicted),
         }

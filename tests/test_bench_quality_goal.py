@@ -143,7 +143,7 @@ def test_a_method_added_later_is_listed_where_the_code_puts_it(quality):
     assert [len(records) for records in grouped.values()] == [2, 1, 2]
 
 
-def test_noise_records_count_each_class_s_right_labels_and_test_recall(quality):
+def test_noise_records_count_each_class_s_right_and_wrong_labels_and_test_recall(quality):
     """The per-class fields explain a macro-F1 drop that accuracy hides; check them against the injected flips on
     separable blobs with one rare class, fitted with the real linear trainer."""
     rng = np.random.default_rng(0)
@@ -165,8 +165,11 @@ def test_noise_records_count_each_class_s_right_labels_and_test_recall(quality):
     unflipped = quality.count_by_class(train_labels[~flipped], quality.classes_of(train_labels))
     assert records["noisy_full"]["right_labels_by_class"] == unflipped
     assert records["oracle_clean"]["right_labels_by_class"] == unflipped
+    assert records["noisy_full"]["wrong_labels_by_class"] == quality.count_by_class(noisy[flipped], list(sizes))
+    assert set(records["oracle_clean"]["wrong_labels_by_class"].values()) == {0}
     for record in records.values():
         assert sum(record["right_labels_by_class"].values()) == record["train_rows"] - record["flipped_in_train_rows"]
+        assert sum(record["wrong_labels_by_class"].values()) == record["flipped_in_train_rows"]
         recalls = record["test_recall_by_class"]
         assert set(recalls) == set(sizes)
         # Accuracy is the recalls weighted by the test rows of each class.
