@@ -6,7 +6,9 @@ DQE-curated set with the ``centroid`` rule, (c) the same with ``kcenter``, (d) a
 curated model against (a) and (d), and wall times; (e) the centroid procedure run in both directions
 (a second model fitted on ``unsampled`` predicts ``sampled``; its noisy rows leave the set too); and (f) the same
 with ``noise_rule="confident_learning"`` (noisy = confident learning flags the label on the two fits'
-out-of-sample probabilities, instead of a differently labelled nearest neighbour). Part ``noise`` (§2): 10% and 20% of the training labels
+out-of-sample probabilities, instead of a differently labelled nearest neighbour); and, only when asked for
+(``--variants centroid_full_steps``, encoder only), (b) and (d) trained for as many optimizer steps as (a) instead of
+the same epochs, to tell fewer rows from fewer steps. Part ``noise`` (§2): 10% and 20% of the training labels
 flipped, uniformly or class-conditionally; the rows flagged by DQE (one direction, both directions, and both directions with the confident-learning
 noise rule) and by
 ``cleanlab.filter.find_label_issues`` on 5-fold out-of-fold probabilities of the same model (at DQE's cost, on
@@ -33,6 +35,8 @@ normalised the same way. Embeddings: the bundled all-MiniLM-L6-v2, cached under 
     .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2  # the whole encoder grid (GPU: --device auto)
     .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2 --datasets imdb --seeds 1 --parts dqe \
         --variants kcenter   # adds kcenter to a stored seed: refits only the full set, which must reproduce
+    .venv/bin/python bench/quality.py --model encoder --encoder-epochs 2 --datasets trec --parts dqe \
+        --variants centroid_full_steps   # (b) and (d) for the full set's steps, added to the stored seeds
 
 Results merge into ``bench/results/quality.json`` (keyed by part, model, dataset and settings, so runs with
 different ``--model`` or ``--datasets`` add up) and the tables in ``bench/README.md`` are rewritten from it.
@@ -50,6 +54,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -77,6 +82,7 @@ EXAMPLES = 5  # most similar noisy pairs kept per run, to read what DQE flags
 # class is, so probabilities learnt from them are no evidence against its genuine rows. Fixed before any run, not
 # chosen on a test split.
 CAPPED_SHARE = 0.5
+BATCH_SIZE = 32  # of the encoder
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -184,7 +190,7 @@ class Model:
     def __init__(self, backend: str, seed: int, encoder_epochs: int, device: str = "cpu"):
         self.backend, self.seed, self.encoder_epochs, self.device = backend, seed, encoder_epochs, device
 
-    def _trainer(self):
+    def _trainer(self, max_steps: int):
         from dqe.trainers import make_trainer
 
         if self.backend == "linear":
@@ -194,7 +200,8 @@ class Model:
             config = TrainConfig(
                 backend="encoder",
                 epochs=self.encoder_epochs,
-                batch_size=32,
+                max_steps=max_steps,
+                batch_size=BATCH_SIZE,
                 max_length=64,
                 learning_rate=1e-4,
                 seed=self.seed,
@@ -202,8 +209,8 @@ class Model:
             )
         return make_trainer(config, work_dir=CACHE_DIR / "train", device=self.device)
 
-    def fit(self, texts: np.ndarray, labels: np.ndarray, vectors: np.ndarray):
-        trainer = self._trainer()
+    def fit(self, texts: np.ndarray, labels: np.ndarray, vectors: np.ndarray, max_steps: int = -1):
+        trainer = self._trainer(max_steps)
         started = time.perf_counter()
         trainer.fit(list(texts), list(labels), vectors if self.backend == "linear" else None)
         return trainer, time.perf_counter() - started
@@ -222,10 +229,25 @@ class Model:
 
         return fit_predict
 
-    def test_correctness(self, data: Dataset, rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        trainer, seconds = self.fit(data.train_texts[rows], labels[rows], data.train_vectors[rows])
+    def optimizer_steps(self, rows: int) -> int:
+        """Optimizer steps of an encoder fit on ``rows`` rows: one per batch, every epoch."""
+        return -(-rows // BATCH_SIZE) * self.encoder_epochs
+
+    def test_correctness(
+        self, data: Dataset, rows: np.ndarray, labels: np.ndarray, max_steps: int = -1
+    ) -> HeldOutResult:
+        """Fit on ``rows`` (for ``max_steps`` optimizer steps when positive, cycling through the rows, instead of
+        ``encoder_epochs`` epochs) and score on the test split."""
+        trainer, seconds = self.fit(data.train_texts[rows], labels[rows], data.train_vectors[rows], max_steps)
         predicted = np.asarray(self.predict(trainer, data.test_texts, data.test_vectors).labels, dtype=object)
-        return predicted == data.test_labels, predicted, seconds
+        return HeldOutResult(predicted == data.test_labels, predicted, seconds, len(trainer.step_history_))
+
+
+class HeldOutResult(NamedTuple):
+    correct: np.ndarray
+    predicted: np.ndarray
+    seconds: float
+    steps: int  # optimizer steps (0 for ``linear``, which is not trained by steps)
 
 
 def scores(data: Dataset, correct: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -256,13 +278,24 @@ def versus(correct: np.ndarray, other: np.ndarray) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------- part 1: DQE
 
 
-# variant: (criterion, both directions, noise rule)
+@dataclass(frozen=True)
+class Variant:
+    criterion: str
+    both_directions: bool = False
+    noise_rule: str = "neighbor"
+    # Train the curated set and its random subset for as many optimizer steps as the full set gets, instead of the
+    # same epochs: separates "fewer rows" from "fewer steps" (encoder only; the linear model has no steps).
+    full_set_steps: bool = False
+
+
 VARIANTS = {
-    "centroid": ("centroid", False, "neighbor"),
-    "kcenter": ("kcenter", False, "neighbor"),
-    "centroid_both": ("centroid", True, "neighbor"),
-    "centroid_both_cl": ("centroid", True, "confident_learning"),
+    "centroid": Variant("centroid"),
+    "kcenter": Variant("kcenter"),
+    "centroid_both": Variant("centroid", both_directions=True),
+    "centroid_both_cl": Variant("centroid", both_directions=True, noise_rule="confident_learning"),
+    "centroid_full_steps": Variant("centroid", full_set_steps=True),
 }
+STEPPED_VARIANTS = [name for name, variant in VARIANTS.items() if variant.full_set_steps]
 
 
 def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict | None = None) -> list[dict]:
@@ -270,9 +303,9 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict
     record of a stored seed that this run adds variants to) the fresh full-set fit must reproduce it, since the
     new variants' p-values against (a) pair them with this fit."""
     everything = np.arange(len(data.train_labels))
-    correct_full, predicted_full, full_seconds = model.test_correctness(data, everything, data.train_labels)
-    records = [{"variant": "full", "rows": len(everything), "fraction": 1.0, "train_seconds": full_seconds,
-                **scores(data, correct_full, predicted_full)}]
+    full = model.test_correctness(data, everything, data.train_labels)
+    records = [{"variant": "full", "rows": len(everything), "fraction": 1.0, "train_seconds": full.seconds,
+                "train_steps": full.steps, **scores(data, full.correct, full.predicted)}]
     if stored_full is not None and records[0]["accuracy"] != stored_full["accuracy"]:
         raise SystemExit(
             f"the full-set fit gave accuracy {records[0]['accuracy']:.4f}, the stored one "
@@ -281,17 +314,19 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict
             "with the stored ones; re-run with --variants centroid too"
         )
     for variant in variants:
-        criterion, both_directions, noise_rule = VARIANTS[variant]
+        spec = VARIANTS[variant]
         started = time.perf_counter()
         outcome = run_dqe(
             data.train_vectors, data.train_labels, model.fit_predict_on(data, data.train_labels),
-            criterion=criterion, seed=model.seed, both_directions=both_directions, noise_rule=noise_rule,
+            criterion=spec.criterion, seed=model.seed, both_directions=spec.both_directions,
+            noise_rule=spec.noise_rule,
         )
         procedure_seconds = time.perf_counter() - started
         curated = outcome.curation.positions
-        correct_cur, predicted_cur, cur_seconds = model.test_correctness(data, curated, data.train_labels)
+        max_steps = model.optimizer_steps(len(everything)) if spec.full_set_steps else -1
+        cur = model.test_correctness(data, curated, data.train_labels, max_steps)
         random_rows = np.sort(np.random.default_rng([model.seed, len(curated)]).choice(everything, len(curated), replace=False))
-        correct_rand, predicted_rand, rand_seconds = model.test_correctness(data, random_rows, data.train_labels)
+        rand = model.test_correctness(data, random_rows, data.train_labels, max_steps)
         categories = outcome.forward["category"].value_counts().to_dict()
         noisy = outcome.forward[outcome.forward["category"] == NOISY].nlargest(EXAMPLES, "similarity")
         examples = [
@@ -307,14 +342,15 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict
                 "variant": f"dqe_{variant}",
                 "rows": len(curated),
                 "fraction": len(curated) / len(everything),
-                "train_seconds": cur_seconds,
+                "train_seconds": cur.seconds,
+                "train_steps": cur.steps,
                 "procedure_seconds": procedure_seconds,
                 "categories": {key: int(categories.get(key, 0)) for key in ("uncovered", "difficult", "noisy")},
                 "noisy_examples": examples,
-                "reverse_noisy": int((outcome.reverse["category"] == NOISY).sum()) if both_directions else None,
-                **scores(data, correct_cur, predicted_cur),
-                "vs_full": versus(correct_cur, correct_full),
-                "vs_random": versus(correct_cur, correct_rand),
+                "reverse_noisy": int((outcome.reverse["category"] == NOISY).sum()) if spec.both_directions else None,
+                **scores(data, cur.correct, cur.predicted),
+                "vs_full": versus(cur.correct, full.correct),
+                "vs_random": versus(cur.correct, rand.correct),
             }
         )
         records.append(
@@ -322,8 +358,9 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict
                 "variant": f"random_{variant}",
                 "rows": len(random_rows),
                 "fraction": len(random_rows) / len(everything),
-                "train_seconds": rand_seconds,
-                **scores(data, correct_rand, predicted_rand),
+                "train_seconds": rand.seconds,
+                "train_steps": rand.steps,
+                **scores(data, rand.correct, rand.predicted),
             }
         )
     return records
@@ -498,13 +535,11 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
         "cleanlab_on_dqe_halves": (np.setdiff1d(everything, issues_on_halves), issues_on_halves, halves_seconds),
         "oracle_clean": (np.flatnonzero(~flipped), None, None),
     }
-    correct_noisy, predicted_noisy, _ = model.test_correctness(data, everything, noisy)
+    noisy_full = model.test_correctness(data, everything, noisy)
     records = []
     for method, (rows, flags, flag_seconds) in methods.items():
-        if method == "noisy_full":
-            correct, predicted = correct_noisy, predicted_noisy
-        else:
-            correct, predicted, _ = model.test_correctness(data, rows, noisy)
+        fit = noisy_full if method == "noisy_full" else model.test_correctness(data, rows, noisy)
+        correct, predicted = fit.correct, fit.predicted
         record = {
             "method": method,
             "flipped": int(flipped.sum()),
@@ -521,7 +556,7 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
             record.update(flag_scores(flags, flipped))
             record["flag_seconds"] = flag_seconds
         if method != "noisy_full":
-            record["vs_noisy_full"] = versus(correct, correct_noisy)
+            record["vs_noisy_full"] = versus(correct, noisy_full.correct)
         records.append(record)
     return records
 
@@ -673,7 +708,8 @@ def _share_range(fractions: list[float]) -> str:
 
 
 def dqe_seed_table(results: dict, model: str) -> str:
-    """Seed by seed, for each data set and curation rule of the issue ((b) and (c)): the full and curated
+    """Seed by seed, for each data set and curation rule of the issue ((b) and (c), and (b) for the full set's steps
+    where it ran): the full and curated
     accuracies, the curated set's gaps to the full set and to the random subset of its size with their paired t
     p-values, and how many ``unsampled`` rows the half-model got wrong and how many of those were called noisy."""
     lines = [
@@ -684,7 +720,7 @@ def dqe_seed_table(results: dict, model: str) -> str:
     ]
     for run in runs_of(results, "dqe", model):
         ordered = sorted(run["seeds"].items(), key=lambda item: int(item[0]))
-        for variant in ("dqe_centroid", "dqe_kcenter"):
+        for variant in ("dqe_centroid", "dqe_kcenter", "dqe_centroid_full_steps"):
             per_seed = [
                 (seed, by_variant["full"], by_variant[variant], by_variant[f"random_{variant.removeprefix('dqe_')}"])
                 for seed, records in ordered
@@ -725,6 +761,8 @@ VARIANT_NAMES = {
     "random_centroid_both": "random, its size",
     "dqe_centroid_both_cl": "DQE `centroid`, both directions + CL",
     "random_centroid_both_cl": "random, its size",
+    "dqe_centroid_full_steps": "DQE `centroid`, the full set's optimizer steps",
+    "random_centroid_full_steps": "random, its size and steps",
 }
 
 
@@ -871,7 +909,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="linear", choices=("linear", "encoder"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--parts", nargs="+", default=["dqe", "noise"], choices=("dqe", "noise"))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS),
+        default=[name for name in VARIANTS if name not in STEPPED_VARIANTS],
+        help=f"{', '.join(STEPPED_VARIANTS)}: the encoder only, and only when asked for",
+    )
     parser.add_argument("--noise-kinds", nargs="+", default=list(NOISE_KINDS), choices=NOISE_KINDS)
     parser.add_argument("--noise-rates", nargs="+", type=float, default=list(NOISE_RATES), choices=NOISE_RATES)
     parser.add_argument("--encoder-epochs", type=int, default=1)
@@ -895,6 +937,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.datasets, args.seeds, args.limit = ["cr", "trec"], [0], 600
+    if args.model != "encoder" and set(STEPPED_VARIANTS) & set(args.variants):
+        parser.error(f"--variants {' '.join(STEPPED_VARIANTS)}: only the encoder trains by optimizer steps")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 

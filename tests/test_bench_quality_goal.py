@@ -186,3 +186,36 @@ def test_a_class_that_a_cleaning_emptied_counts_zero_rows(quality):
     labels = np.asarray(["common", "common", "other"], dtype=object)
     classes = np.asarray(["common", "other", "rare"], dtype=object)
     assert quality.count_by_class(labels, classes) == {"common": 2, "other": 1, "rare": 0}
+
+
+def test_the_full_steps_variant_trains_the_same_curated_rows_for_the_full_set_s_optimizer_steps(
+    quality, monkeypatch, tmp_path
+):
+    """Separates "fewer rows" from "fewer steps": the curated set and its random subset get as many optimizer steps
+    as the full set, counted from the real encoder's training log, where plain (b) gets fewer."""
+    monkeypatch.setattr(quality, "CACHE_DIR", tmp_path)
+    rng = np.random.default_rng(0)
+    words = {"weather": "rain sun wind cloud", "sport": "goal match team score"}
+    labels = np.asarray([label for label in words for _ in range(80)], dtype=object)
+    vectors = np.stack([rng.normal(3.0 if label == "sport" else -3.0, 1.0, 8) for label in labels]).astype(np.float32)
+    texts = np.asarray([f"{words[label].split()[i % 4]} report number {i}" for i, label in enumerate(labels)],
+                       dtype=object)
+    data = quality.Dataset("words", "synthetic", texts, labels, vectors, texts[::8], labels[::8], vectors[::8],
+                           removed_by_clean=0)
+
+    model = quality.Model("encoder", 0, 1)
+    records = {r["variant"]: r for r in quality.dqe_runs(data, model, ["centroid", "centroid_full_steps"])}
+
+    full_steps = records["full"]["train_steps"]
+    assert full_steps == model.optimizer_steps(len(labels)) == 5
+    assert records["dqe_centroid_full_steps"]["rows"] == records["dqe_centroid"]["rows"] < len(labels)
+    assert records["dqe_centroid"]["train_steps"] < full_steps
+    assert records["dqe_centroid_full_steps"]["train_steps"] == full_steps
+    assert records["random_centroid_full_steps"]["train_steps"] == full_steps
+
+
+def test_the_full_steps_variant_is_refused_for_the_linear_model(quality, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--model", "linear", "--variants", "centroid", "centroid_full_steps"])
+    assert exit_info.value.code == 2
+    assert "only the encoder trains by optimizer steps" in capsys.readouterr().err
