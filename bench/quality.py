@@ -82,7 +82,6 @@ EXAMPLES = 5  # most similar noisy pairs kept per run, to read what DQE flags
 # class is, so probabilities learnt from them are no evidence against its genuine rows. Fixed before any run, not
 # chosen on a test split.
 CAPPED_SHARE = 0.5
-BATCH_SIZE = 32  # of the encoder
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -201,7 +200,7 @@ class Model:
                 backend="encoder",
                 epochs=self.encoder_epochs,
                 max_steps=max_steps,
-                batch_size=BATCH_SIZE,
+                batch_size=32,
                 max_length=64,
                 learning_rate=1e-4,
                 seed=self.seed,
@@ -228,10 +227,6 @@ class Model:
             return probabilities_over(classes, list(trainer.classes_), found.probabilities)
 
         return fit_predict
-
-    def optimizer_steps(self, rows: int) -> int:
-        """Optimizer steps of an encoder fit on ``rows`` rows: one per batch, every epoch."""
-        return -(-rows // BATCH_SIZE) * self.encoder_epochs
 
     def test_correctness(
         self, data: Dataset, rows: np.ndarray, labels: np.ndarray, max_steps: int = -1
@@ -323,7 +318,7 @@ def dqe_runs(data: Dataset, model: Model, variants: list[str], stored_full: dict
         )
         procedure_seconds = time.perf_counter() - started
         curated = outcome.curation.positions
-        max_steps = model.optimizer_steps(len(everything)) if spec.full_set_steps else -1
+        max_steps = full.steps if spec.full_set_steps else -1
         cur = model.test_correctness(data, curated, data.train_labels, max_steps)
         random_rows = np.sort(np.random.default_rng([model.seed, len(curated)]).choice(everything, len(curated), replace=False))
         rand = model.test_correctness(data, random_rows, data.train_labels, max_steps)
