@@ -531,6 +531,7 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
         "oracle_clean": (np.flatnonzero(~flipped), None, None),
     }
     noisy_full = model.test_correctness(data, everything, noisy)
+    classes = classes_of(noisy)
     records = []
     for method, (rows, flags, flag_seconds) in methods.items():
         fit = noisy_full if method == "noisy_full" else model.test_correctness(data, rows, noisy)
@@ -541,9 +542,9 @@ def noise_runs(data: Dataset, model: Model, kind: str, rate: float) -> list[dict
             "train_rows": int(len(rows)),
             "flipped_in_train_rows": int(flipped[rows].sum()),
             # What each class can be learnt from: the rows it kept whose label is right.
-            "right_labels_by_class": count_by_class(noisy[rows][~flipped[rows]], classes_of(noisy)),
+            "right_labels_by_class": count_by_class(noisy[rows][~flipped[rows]], classes),
             # ... and what it must learn against: the kept rows given its label by the injected noise.
-            "wrong_labels_by_class": count_by_class(noisy[rows][flipped[rows]], classes_of(noisy)),
+            "wrong_labels_by_class": count_by_class(noisy[rows][flipped[rows]], classes),
             **scores(data, correct, predicted),
             "test_recall_by_class": recall_by_class(data.test_labels, predicted),
         }
@@ -703,10 +704,10 @@ def _share_range(fractions: list[float]) -> str:
 
 
 def dqe_seed_table(results: dict, model: str) -> str:
-    """Seed by seed, for each data set and curation rule of the issue ((b) and (c), and (b) for the full set's steps
-    where it ran): the full and curated
-    accuracies, the curated set's gaps to the full set and to the random subset of its size with their paired t
-    p-values, and how many ``unsampled`` rows the half-model got wrong and how many of those were called noisy."""
+    """Seed by seed, for each data set and curation rule of the issue ((b) and (c), and (b) at the full set's steps
+    where it ran): the full and curated accuracies, the curated set's gaps to the full set and to the random subset
+    of its size with their paired t p-values, and how many ``unsampled`` rows the half-model got wrong and how many
+    of those were called noisy."""
     lines = [
         "| dataset | rule | seeds | full acc (train rows) | curated acc (share of rows) | "
         "curated − full, points (t p) | mean | curated − random, points (t p) | mean | "

@@ -162,10 +162,11 @@ def test_noise_records_count_each_class_s_right_and_wrong_labels_and_test_recall
     records = {r["method"]: r for r in quality.noise_runs(data, quality.Model("linear", 0, 1), "uniform", 0.2)}
 
     noisy, flipped = quality.inject_noise(train_labels, train_vectors, "uniform", 0.2, 0)
-    unflipped = quality.count_by_class(train_labels[~flipped], quality.classes_of(train_labels))
+    classes = quality.classes_of(train_labels)
+    unflipped = quality.count_by_class(train_labels[~flipped], classes)
     assert records["noisy_full"]["right_labels_by_class"] == unflipped
     assert records["oracle_clean"]["right_labels_by_class"] == unflipped
-    assert records["noisy_full"]["wrong_labels_by_class"] == quality.count_by_class(noisy[flipped], list(sizes))
+    assert records["noisy_full"]["wrong_labels_by_class"] == quality.count_by_class(noisy[flipped], classes)
     assert set(records["oracle_clean"]["wrong_labels_by_class"].values()) == {0}
     for record in records.values():
         assert sum(record["right_labels_by_class"].values()) == record["train_rows"] - record["flipped_in_train_rows"]
