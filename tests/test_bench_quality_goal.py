@@ -162,7 +162,7 @@ def test_noise_records_count_each_class_s_right_and_wrong_labels_and_test_recall
     records = {r["method"]: r for r in quality.noise_runs(data, quality.Model("linear", 0, 1), "uniform", 0.2)}
 
     noisy, flipped = quality.inject_noise(train_labels, train_vectors, "uniform", 0.2, 0)
-    classes = quality.classes_of(train_labels)
+    classes = list(sizes)  # every class, zero counts included, named here rather than by the code under test
     unflipped = quality.count_by_class(train_labels[~flipped], classes)
     assert records["noisy_full"]["right_labels_by_class"] == unflipped
     assert records["oracle_clean"]["right_labels_by_class"] == unflipped
