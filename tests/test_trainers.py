@@ -4,12 +4,13 @@
 - ``encoder`` on the offline all-MiniLM-L6-v2 for a few steps;
 - ``causal_lm`` on a tiny randomly initialised Qwen2 with a BPE tokenizer trained here (no downloads);
 - DeepSpeed ZeRO-2 and ZeRO-3 in this process and with two processes through pyspark's DeepspeedTorchDistributor
-  (tiny models, a few steps);
+  (tiny models, a few steps), and a rank that crashes after rank 0 has saved;
 - the MLflow pyfunc through ``spark_udf``, including unparsable generative outputs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -27,6 +28,7 @@ from dqe.errors import ConfigError, DqeError, InputError  # noqa: E402
 from dqe.trainers import CausalLMTrainer, EncoderTrainer, LinearTrainer, load_trainer, make_trainer  # noqa: E402
 from dqe.trainers.base import Predictions  # noqa: E402
 from dqe.trainers.causal_lm import SYSTEM_PROMPT, USER_PROMPT, parse_label  # noqa: E402
+from dqe.trainers.distributed import TRAINING_LOG_FILE, _tolerate_crash_after_completion  # noqa: E402
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 ZERO2 = str(PROJECT_ROOT / "conf" / "deepspeed" / "zero2.json")
@@ -394,6 +396,49 @@ def test_two_processes_through_the_spark_deepspeed_distributor(
     assert len(trainer.step_history_) == 2
     assert _weights_changed(trainer, config.base_model)
     assert_valid(trainer.predict(texts[:6]), 6)
+
+
+def _two_ranks_where_rank_one_aborts(output_dir: str, rank_zero_saves: bool):
+    """A rank function for TorchDistributor: rank 1 dies of SIGABRT, as the DeepSpeed teardown crash does; first it
+    waits for rank 0's training log when rank 0 writes one. Nested, so cloudpickle ships it by value."""
+
+    def rank() -> None:
+        import os
+        import time
+        from pathlib import Path
+
+        log = Path(output_dir) / TRAINING_LOG_FILE
+        if os.environ["RANK"] == "0":
+            if rank_zero_saves:
+                log.write_text("{}", encoding="utf-8")
+            return
+        deadline = time.monotonic() + 60
+        while rank_zero_saves and not log.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.abort()
+
+    return rank
+
+
+@pytest.mark.parametrize("rank_zero_saves", [True, False], ids=["after-rank-0-saved", "before-rank-0-saved"])
+def test_a_rank_crash_is_tolerated_only_once_rank_zero_has_saved(
+    spark, tmp_path: Path, caplog: pytest.LogCaptureFixture, rank_zero_saves: bool
+) -> None:
+    # The DeepSpeed distributor runs torchrun itself and raises on its exit status; the plain TorchDistributor's
+    # wrapper drops that status, so a crash there surfaces only when rank 0 wrote nothing.
+    from pyspark.ml.deepspeed.deepspeed_distributor import DeepspeedTorchDistributor
+
+    launcher = DeepspeedTorchDistributor(numGpus=2, nnodes=1, localMode=True, useGpu=False, deepspeedConfig=ZERO2)
+    rank = _two_ranks_where_rank_one_aborts(str(tmp_path), rank_zero_saves)
+    launch = lambda: launcher.run(rank)  # noqa: E731
+    if rank_zero_saves:
+        with caplog.at_level(logging.WARNING, logger="dqe.trainers.distributed"):
+            _tolerate_crash_after_completion(launch, tmp_path)
+        assert "failed after rank 0 had saved" in caplog.text
+        assert "return code" in caplog.text  # the launcher did fail: the warning carries its report
+    else:
+        with pytest.raises(RuntimeError, match="return code"):
+            _tolerate_crash_after_completion(launch, tmp_path)
 
 
 def test_pyfunc_through_spark_udf_keeps_unparsable_outputs(spark, tiny_chat_model: str, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ process or through Spark, with or without DeepSpeed.
 
 Every rank runs :func:`run_training_job`. Rank 0 writes the trained model, its tokenizer and the training log to
 ``job.output_dir``; the caller loads them from there. Nothing comes back through the distributor's return value,
-which may come from a rank other than 0.
+which may come from a rank other than 0. The training log is rank 0's last write: a launcher failure reported after
+it exists (a rank crashing on exit) is logged as a warning and the saved model is used.
 
 DeepSpeed configs (``conf/deepspeed/zero2.json``, ``zero3.json``) use "auto" values that the Hugging Face Trainer
 fills from the training arguments (batch sizes, gradient clipping, bf16 on GPUs that support it) and leave the
@@ -26,6 +27,7 @@ the work folder unless it is already set. ``train.batch_size`` is the batch per 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -35,7 +37,7 @@ from abc import abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -47,6 +49,8 @@ TRAINING_LOG_FILE = "training_log.json"
 MODEL_FOLDER = "model"
 BACKEND_MODULES = {"encoder": "dqe.trainers.encoder", "causal_lm": "dqe.trainers.causal_lm"}
 Distributor = Literal["in_process", "spark"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,11 @@ def run_training_job(job: TrainingJob) -> None:
             zero_stage = trainer.deepspeed.zero_optimization_stage() if trainer.is_deepspeed_enabled else None
             # -1 = without DeepSpeed; 0 is DeepSpeed without partitioning.
             log["metrics"]["deepspeed_zero_stage"] = -1 if zero_stage is None else zero_stage
-            (Path(job.output_dir) / TRAINING_LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
+            # Written last and whole (rename is atomic): its presence means rank 0's outputs are complete.
+            log_path = Path(job.output_dir) / TRAINING_LOG_FILE
+            partial_path = log_path.with_suffix(".partial")
+            partial_path.write_text(json.dumps(log), encoding="utf-8")
+            os.replace(partial_path, log_path)
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             # A rank that exits with its process group alive can abort in the group's threads at teardown
             # ("terminate called without an active exception"), and torchrun then kills the other rank mid-write.
@@ -228,7 +236,27 @@ def _launch_with_spark(job: TrainingJob, num_processes: int, local_mode: bool) -
         from pyspark.ml.torch.distributor import TorchDistributor
 
         launcher = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=job.use_gpu)
-    launcher.run(run_training_job, job)
+    _tolerate_crash_after_completion(lambda: launcher.run(run_training_job, job), Path(job.output_dir))
+
+
+def _tolerate_crash_after_completion(launch: Callable[[], Any], output_dir: Path) -> None:
+    """Run ``launch``; a failure after rank 0 has written its last output is logged, not raised.
+
+    Under DeepSpeed on the CPU a rank sometimes aborts while its process exits, after training and saving are
+    done ("terminate called without an active exception" from a communication thread, even with the process
+    group destroyed first); torchrun then reports the whole run as failed. The training log is rank 0's last
+    write, so with it in place nothing is missing. Without it, the failure is raised as it came.
+    """
+    try:
+        launch()
+    except Exception as error:
+        if not (output_dir / TRAINING_LOG_FILE).is_file():
+            raise
+        logger.warning(
+            "a training process failed after rank 0 had saved the model and the training log; using them. "
+            "The launcher reported: %s",
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
 
 
 @contextmanager
