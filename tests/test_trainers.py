@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -430,7 +431,7 @@ def test_a_rank_crash_is_tolerated_only_once_rank_zero_has_saved(
 
     launcher = DeepspeedTorchDistributor(numGpus=2, nnodes=1, localMode=True, useGpu=False, deepspeedConfig=ZERO2)
     rank = _two_ranks_where_rank_one_aborts(str(tmp_path), rank_zero_saves)
-    launch = lambda: launcher.run(rank)  # noqa: E731
+    launch = functools.partial(launcher.run, rank)
     if rank_zero_saves:
         with caplog.at_level(logging.WARNING, logger="dqe.trainers.distributed"):
             _tolerate_crash_after_completion(launch, tmp_path)
